@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Pack an initramfs (busybox-static, the selftests and their libraries,
+# scripts/guest/init), boot $KP_BUILD's kernel under QEMU TCG with nested
+# SVM, and collect:
+#   $KP_RUN/console.log    the kernel's console (ttyS0), the artifact to keep
+#   $KP_RUN/results.ktap   the tests' KTAP (ttyS1)
+# Then print the results (scripts/ktap-summary.py).  Exit 0 only when the
+# guest finished, no test failed and the console shows no kernel splat.
+KP_STEP=boot
+. "$(dirname "$0")/lib/common.sh"
+
+: >"$KP_LOGS/boot.log"
+kp_need qemu-system-x86_64:qemu-system-x86 cpio busybox:busybox-static python3
+
+KERNEL=$KP_BUILD/arch/x86/boot/bzImage
+LIST=${KP_SELFTESTS_LIST:-$KP_TOP/configs/selftests.list}
+SELFTESTS=$KP_BUILD/kselftest/kvm
+TIMEOUT=${KP_BOOT_TIMEOUT:-1800}
+MEM=${KP_GUEST_MEM:-4G}
+SMP=${KP_GUEST_SMP:-2}
+[ -f "$KERNEL" ] || kp_die "no kernel at $KERNEL (run scripts/kp build)"
+
+BUSYBOX=$(command -v busybox)
+file -L "$BUSYBOX" 2>/dev/null | grep -q 'statically linked' ||
+	ldd "$BUSYBOX" 2>&1 | grep -q 'not a dynamic' ||
+	kp_die "$BUSYBOX is not static (install busybox-static)"
+
+kp_timer_start
+root=$KP_RUN/initramfs
+rm -rf "$root"
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,kp/kvm}
+cp "$BUSYBOX" "$root/bin/busybox"
+cp "$KP_TOP/scripts/guest/init" "$root/init"
+mknod -m 600 "$root/dev/console" c 5 1
+mknod -m 666 "$root/dev/null" c 1 3
+grep -v '^#' "$LIST" | awk 'NF' >"$root/kp/tests.list"
+
+# The tests and the shared libraries they load, at the same paths.
+while read -r t _; do
+	[ -x "$SELFTESTS/$t" ] || kp_die "selftest $t not built (run scripts/kp selftests)"
+	mkdir -p "$root/kp/kvm/$(dirname "$t")"
+	cp "$SELFTESTS/$t" "$root/kp/kvm/$t"
+	ldd "$SELFTESTS/$t" | grep -oE '/[^ ]+' | while read -r lib; do
+		mkdir -p "$root$(dirname "$lib")"
+		cp -L "$lib" "$root$lib"
+	done
+done <"$root/kp/tests.list"
+(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$KP_RUN/initramfs.cpio" ||
+	kp_die "cannot pack the initramfs"
+
+# Suites to run again after boot, from the kernel command line.
+RERUN=${KP_KUNIT_RERUN:-}
+append="console=ttyS0 panic=-1 nokaslr ${RERUN:+kp.rerun=$RERUN} ${KP_APPEND:-}"
+rm -f "$KP_RUN/console.log" "$KP_RUN/results.ktap"
+kp_say "booting $(cat "$KP_BUILD/include/config/kernel.release") (TCG, -cpu max,+svm,+npt, $SMP cpus, $MEM; timeout ${TIMEOUT}s; console $KP_RUN/console.log)"
+echo "qemu-system-x86_64 ... -append \"$append\"" >>"$KP_LOGS/boot.log"
+timeout "$TIMEOUT" qemu-system-x86_64 \
+	-accel tcg,thread=multi -cpu max,+svm,+npt -smp "$SMP" -m "$MEM" \
+	-kernel "$KERNEL" -initrd "$KP_RUN/initramfs.cpio" -append "$append" \
+	-display none -monitor none -no-reboot \
+	-serial "file:$KP_RUN/console.log" -serial "file:$KP_RUN/results.ktap" \
+	>>"$KP_LOGS/boot.log" 2>&1
+rc=$?
+secs=$(kp_timer_end)
+finished=yes
+grep -q '^# kp: done' "$KP_RUN/results.ktap" 2>/dev/null || finished=no
+if [ $rc = 124 ]; then
+	kp_say "the guest did not finish within ${TIMEOUT}s (hang?); console: $KP_RUN/console.log"
+elif [ $rc != 0 ]; then
+	kp_say "QEMU failed (exit $rc); see $KP_LOGS/boot.log"
+elif [ $finished = no ]; then
+	kp_say "the guest stopped before the tests finished (panic or crash?); console: $KP_RUN/console.log"
+fi
+kp_say "boot + tests took ${secs}s"
+
+KP_STEP=results
+python3 "$KP_TOP/scripts/ktap-summary.py" --finished "$finished" \
+	--console "$KP_RUN/console.log" "$KP_RUN/results.ktap" | tee "$KP_RUN/summary.txt"
+src=${PIPESTATUS[0]}
+[ "$finished" = yes ] && [ $rc = 0 ] || kp_die "the run did not finish" "$KP_RUN/console.log"
+[ "$src" = 0 ] || kp_die "tests failed" "$KP_RUN/console.log"

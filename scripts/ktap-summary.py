@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""Count the results of a kvm-protmem test run.
+
+Reads the KTAP document the guest wrote (KUnit suites and KVM selftests,
+nested by indentation) and the kernel console log.  Prints one line per
+test (PASS/FAIL/SKIP and its path) and ends with the line
+
+    N passed, N failed, N skipped
+
+Leaves are counted: a KUnit case, a kselftest_harness case, or a selftest
+that prints no KTAP of its own.  A parent that failed although none of its
+children did (a crash after the last case, a timeout) counts as one more
+failure.  Two checks of the run itself are counted as tests too:
+kp:guest-finished (the guest reached the end of its init) and
+kp:console-clean (no WARNING, BUG, Oops, lockdep, KASAN, ... on the console).
+
+Exit status: 0 when nothing failed and something passed, 1 otherwise.
+"""
+
+import argparse
+import re
+import sys
+
+RESULT = re.compile(r'^(?P<ok>ok|not ok) (?P<num>\d+)(?: -)?(?: (?P<name>[^#]*?))?\s*(?:#\s*(?P<dir>.*))?$')
+VERSION = re.compile(r'^(?:K?TAP version \d+)$')
+PLAN = re.compile(r'^1\.\.(\d+)')
+
+SPLATS = re.compile(
+    r'(WARNING: |BUG: |kernel BUG at|Oops|Kernel panic|general protection fault|'
+    r'possible circular locking|possible recursive locking|lockdep|'
+    r'KASAN|UBSAN|KFENCE|INFO: task .* blocked|rcu.*detected stall|'
+    r'self-detected stall|Unable to handle kernel|Bad page state|'
+    r'page still off the direct map)')
+
+
+class Test:
+    def __init__(self, name, ok, directive):
+        self.name = name
+        self.ok = ok
+        self.directive = directive or ''
+        self.children = []
+
+    @property
+    def skipped(self):
+        return self.ok and self.directive.upper().startswith('SKIP')
+
+
+def indent_of(line):
+    return len(line) - len(line.lstrip(' '))
+
+
+def parse(lines, depth):
+    """Results at indent `depth`; deeper lines before each belong to it."""
+    tests, pending = [], []
+    for line in lines:
+        ind = indent_of(line)
+        m = RESULT.match(line[ind:])
+        if ind == depth and m:
+            t = Test((m.group('name') or '').strip(), m.group('ok') == 'ok', m.group('dir'))
+            if any(VERSION.match(p.strip()) for p in pending if indent_of(p) >= depth + 4):
+                t.children = parse(pending, depth + 4)
+            tests.append(t)
+            pending = []
+        elif ind > depth:
+            pending.append(line)
+    return tests
+
+
+def walk(test, prefix, out):
+    """Append (status, path, note) for the leaves below `test`."""
+    path = test.name if not prefix else prefix + '/' + test.name
+    if prefix and prefix.split(':')[-1].split('/')[-1] == test.name:
+        path = prefix  # KUnit repeats the suite name one level down
+    if not test.children:
+        status = 'SKIP' if test.skipped else ('PASS' if test.ok else 'FAIL')
+        out.append((status, path, test.directive))
+        return
+    before = len(out)
+    for c in test.children:
+        walk(c, path, out)
+    if not test.ok and not any(s == 'FAIL' for s, _, _ in out[before:]):
+        out.append(('FAIL', path, test.directive or 'failed after its last case'))
+
+
+def console_splats(path):
+    try:
+        with open(path, errors='replace') as f:
+            return [l.rstrip() for l in f if SPLATS.search(l)]
+    except OSError:
+        return ['console log missing: ' + path]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('ktap')
+    ap.add_argument('--console')
+    ap.add_argument('--finished', choices=['yes', 'no'], default='yes')
+    args = ap.parse_args()
+
+    try:
+        with open(args.ktap, errors='replace') as f:
+            lines = [l.rstrip('\r\n') for l in f]
+    except OSError:
+        lines = []
+
+    top = parse(lines, 0)
+    results = []
+    for t in top:
+        walk(t, '', results)
+
+    plan = next((int(m.group(1)) for m in map(PLAN.match, lines) if m), None)
+    if plan is not None and len(top) < plan:
+        results.append(('FAIL', 'kp:all-results-reported',
+                        '%d of %d results missing' % (plan - len(top), plan)))
+    results.append(('PASS' if args.finished == 'yes' and plan is not None else 'FAIL',
+                    'kp:guest-finished', '' if args.finished == 'yes' else 'no "# kp: done" line'))
+    if args.console:
+        splats = console_splats(args.console)
+        results.append(('FAIL' if splats else 'PASS', 'kp:console-clean',
+                        '%d suspicious lines' % len(splats) if splats else ''))
+        for s in splats[:20]:
+            print('  console: ' + s)
+
+    for status, path, note in results:
+        print('%s %s%s' % (status, path, ' # ' + note if note else ''))
+    n = {s: sum(1 for r in results if r[0] == s) for s in ('PASS', 'FAIL', 'SKIP')}
+    print('%d passed, %d failed, %d skipped' % (n['PASS'], n['FAIL'], n['SKIP']))
+    return 0 if n['FAIL'] == 0 and n['PASS'] > 0 else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Build the KVM selftests named in configs/selftests.list against the UAPI
+# headers of $KP_BUILD, into $KP_BUILD/kselftest/kvm.  Only the listed tests
+# (and libkvm) are built; "make kselftest TARGETS=kvm" builds them all.
+KP_STEP=selftests
+. "$(dirname "$0")/lib/common.sh"
+
+: >"$KP_LOGS/selftests.log"
+kp_need gcc make
+[ -f "$KP_BUILD/usr/include/linux/kvm.h" ] || kp_die "no UAPI headers in $KP_BUILD/usr/include (run scripts/kp build)"
+
+LIST=${KP_SELFTESTS_LIST:-$KP_TOP/configs/selftests.list}
+OUT=$KP_BUILD/kselftest/kvm
+targets=$(awk '!/^#/ && NF { print "'"$OUT"'/" $1 }' "$LIST")
+[ -n "$targets" ] || kp_die "no tests in $LIST"
+
+kp_timer_start
+mkdir -p "$OUT"
+# shellcheck disable=SC2086
+if ! kp_log make -C "$KP_LINUX/tools/testing/selftests/kvm" -j"$KP_JOBS" ARCH=x86_64 \
+	OUTPUT="$OUT" KHDR_INCLUDES="-isystem $KP_BUILD/usr/include" $targets; then
+	grep -E 'error:|Error [0-9]|No rule' "$KP_LOGS/selftests.log" | head -n 20 | sed 's/^/  /' >&2
+	kp_die "selftest build failed"
+fi
+kp_say "built $(echo $targets | wc -w) tests in $OUT ($(kp_timer_end)s)"

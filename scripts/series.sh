@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# The series is the branch kvm-protmem of $KP_LINUX, on tag kp-base;
+# patches/ is its git format-patch output with fixed options
+# (scripts/series.conf), and the readable copies (rust-kvm-protmem/,
+# Documentation/, tools-testing/) hold the final version of the files it adds.
+#
+#   series.sh export   write patches/ and the readable copies from the branch
+#   series.sh check    regenerate both from the branch that 'apply' made out
+#                      of patches/ and fail on any difference
+#
+# Workflow: scripts/kp apply; edit and commit in $KP_LINUX (git rebase -i for
+# an earlier patch); scripts/kp series export; commit the result here.
+KP_STEP=series
+. "$(dirname "$0")/lib/common.sh"
+. "$KP_TOP/scripts/series.conf"
+. "$KP_TOP/scripts/base.conf"
+
+: >"$KP_LOGS/series.log"
+kp_need git diff
+git -C "$KP_LINUX" rev-parse -q --verify kp-base >/dev/null 2>&1 ||
+	kp_die "no base tree at $KP_LINUX (run scripts/kp base)"
+
+# generate DIR: patches into DIR/patches, readable copies into DIR/<mirror>.
+generate() {
+	local dir=$1 f rel m kprefix rprefix
+	mkdir -p "$dir/patches"
+	# shellcheck disable=SC2086
+	git -C "$KP_LINUX" $KP_GIT_CONFIG format-patch $KP_FORMAT_PATCH_OPTS \
+		--base=kp-base -o "$dir/patches" kp-base..HEAD >>"$KP_LOGS/series.log" 2>&1 ||
+		kp_die "git format-patch failed"
+	git -C "$KP_LINUX" diff --name-only --diff-filter=A kp-base HEAD | while read -r f; do
+		for m in $KP_MIRRORS; do
+			kprefix=${m%%:*}
+			rprefix=${m#*:}
+			case "$f" in
+			"$kprefix"*)
+				rel=$rprefix${f#"$kprefix"}
+				mkdir -p "$dir/$(dirname "$rel")"
+				git -C "$KP_LINUX" show "HEAD:$f" >"$dir/$rel"
+				break
+				;;
+			esac
+		done
+	done
+}
+
+mirror_dirs() {
+	local m
+	for m in $KP_MIRRORS; do echo "${m#*:}"; done | cut -d/ -f1 | sort -u
+}
+
+# The generated files under the repository's mirror directories (everything
+# there but the hand-written README.md at the top of each).
+listed() {
+	local d
+	(cd "$1" && for d in $(mirror_dirs); do
+		[ -d "$d" ] && find "$d" -type f ! -path "$d/README.md"
+	done; [ -d patches ] && find patches -name '*.patch') | LC_ALL=C sort
+}
+
+case "${1:-}" in
+export)
+	[ -z "$(git -C "$KP_LINUX" status --porcelain --untracked-files=no)" ] ||
+		kp_die "uncommitted changes in $KP_LINUX: commit them first"
+	tmp=$(mktemp -d)
+	trap 'rm -rf "$tmp"' EXIT
+	generate "$tmp"
+	listed "$KP_TOP" | (cd "$KP_TOP" && xargs -r rm -f)
+	(cd "$tmp" && listed . | while read -r f; do
+		mkdir -p "$KP_TOP/$(dirname "$f")"
+		cp "$f" "$KP_TOP/$f"
+	done)
+	git -C "$KP_LINUX" rev-parse HEAD >"$KP_TREE/applied"
+	kp_say "exported $(ls "$tmp/patches" | wc -l) patches and $(listed "$tmp" | grep -vc '^patches/') readable files"
+	;;
+check)
+	if [ -n "${KERNEL_SRC:-}" ]; then
+		kp_say "skipped: patches/ is generated on the pinned Debian base, not on KERNEL_SRC"
+		exit 0
+	fi
+	[ "$(git -C "$KP_LINUX" rev-parse HEAD)" = "$(cat "$KP_TREE/applied" 2>/dev/null)" ] ||
+		kp_die "the branch in $KP_LINUX is not what 'apply' made of patches/ (run scripts/kp apply)"
+	tmp=$(mktemp -d)
+	trap 'rm -rf "$tmp"' EXIT
+	generate "$tmp/gen"
+	mkdir -p "$tmp/repo"
+	listed "$KP_TOP" | (cd "$KP_TOP" && xargs -r cp --parents -t "$tmp/repo")
+	ignore=()
+	if ! grep -qxF "deb_version=$KP_BASE_DEB_VERSION" "$KP_TREE/base.info"; then
+		kp_say "WARNING: base is not the pinned $KP_BASE_DEB_VERSION: base-commit lines not compared"
+		ignore=(-I '^base-commit: ')
+	fi
+	if ! diff -ruN "${ignore[@]}" "$tmp/repo" "$tmp/gen" >"$KP_LOGS/series.diff"; then
+		diffstat -p1 "$KP_LOGS/series.diff" 2>/dev/null >&2 ||
+			grep '^diff ' "$KP_LOGS/series.diff" | sed 's/^/  /' >&2
+		kp_die "patches/ or the readable copies differ from what the series generates (scripts/kp series export fixes it)" "$KP_LOGS/series.diff"
+	fi
+	kp_say "patches/ and the readable copies are what the series generates ($(ls "$tmp/gen/patches" | wc -l) patches)"
+	;;
+*)
+	echo "usage: $0 export|check" >&2
+	exit 2
+	;;
+esac
