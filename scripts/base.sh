@@ -56,6 +56,7 @@ make_base_commit() {
 	(
 		cd "$KP_LINUX" || exit 1
 		git init -q -b kp-base-branch . &&
+		git config gc.auto 0 &&
 		git add -A -f . &&
 		GIT_AUTHOR_NAME="kvm-protmem base" GIT_AUTHOR_EMAIL="base@kvm-protmem.invalid" \
 		GIT_COMMITTER_NAME="kvm-protmem base" GIT_COMMITTER_EMAIL="base@kvm-protmem.invalid" \

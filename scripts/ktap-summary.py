@@ -110,6 +110,10 @@ def main():
         walk(t, '', results)
 
     plan = next((int(m.group(1)) for m in map(PLAN.match, lines) if m), None)
+    running = [l[len('# kp: running '):] for l in lines if l.startswith('# kp: running ')]
+    if running and not any(t.name == 'kvm:' + running[-1] for t in top):
+        results.append(('FAIL', 'kvm:' + running[-1], 'no result: the guest hung or crashed while it ran'))
+        top.append(Test('kvm:' + running[-1], False, None))
     if plan is not None and len(top) < plan:
         results.append(('FAIL', 'kp:all-results-reported',
                         '%d of %d results missing' % (plan - len(top), plan)))

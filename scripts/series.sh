@@ -27,7 +27,8 @@ generate() {
 	local dir=$1 f rel m kprefix rprefix
 	mkdir -p "$dir/patches"
 	# shellcheck disable=SC2086
-	git -C "$KP_LINUX" $KP_GIT_CONFIG format-patch $KP_FORMAT_PATCH_OPTS \
+	GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 \
+		git -C "$KP_LINUX" $KP_GIT_CONFIG format-patch $KP_FORMAT_PATCH_OPTS \
 		--base=kp-base -o "$dir/patches" kp-base..HEAD >>"$KP_LOGS/series.log" 2>&1 ||
 		kp_die "git format-patch failed"
 	git -C "$KP_LINUX" diff --name-only --diff-filter=A kp-base HEAD | while read -r f; do

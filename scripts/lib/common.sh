@@ -24,7 +24,8 @@ KP_LLVM=${KP_LLVM:--19}
 
 # The kernel's Rust support needs Debian's rustc-web (with rust-src), not
 # rustup's toolchain that may sit first on PATH.
-export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
+# bindgen is found where 'cargo install' put it.
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH:/usr/local/bin:$HOME/.cargo/bin
 
 mkdir -p "$KP_LOGS"
 
