@@ -50,9 +50,9 @@ done <"$root/kp/tests.list"
 (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$KP_RUN/initramfs.cpio" ||
 	kp_die "cannot pack the initramfs"
 
-# Suites to run again after boot, from the kernel command line.
-RERUN=${KP_KUNIT_RERUN:-}
-append="console=ttyS0 panic=-1 nokaslr ${RERUN:+kp.rerun=$RERUN} ${KP_APPEND:-}"
+# Suites to run again after boot, passed on the kernel command line.
+RERUN=${KP_KUNIT_RERUN-$(grep -v '^#' "$KP_TOP/configs/kunit-rerun.list" | xargs | tr ' ' ',')}
+append="console=ttyS0 panic=-1 oops=panic nokaslr ${RERUN:+kp.rerun=$RERUN} ${KP_APPEND:-}"
 rm -f "$KP_RUN/console.log" "$KP_RUN/results.ktap"
 kp_say "booting $(cat "$KP_BUILD/include/config/kernel.release") (TCG, -cpu max,+svm,+npt, $SMP cpus, $MEM; timeout ${TIMEOUT}s; console $KP_RUN/console.log)"
 echo "qemu-system-x86_64 ... -append \"$append\"" >>"$KP_LOGS/boot.log"

@@ -29,9 +29,33 @@ generate() {
 	# shellcheck disable=SC2086
 	GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 \
 		git -C "$KP_LINUX" $KP_GIT_CONFIG format-patch $KP_FORMAT_PATCH_OPTS \
-		--base=kp-base -o "$dir/patches" kp-base..HEAD >>"$KP_LOGS/series.log" 2>&1 ||
+		--base=kp-base -o "$dir/patches" kp-base..kvm-protmem >>"$KP_LOGS/series.log" 2>&1 ||
 		kp_die "git format-patch failed"
-	git -C "$KP_LINUX" diff --name-only --diff-filter=A kp-base HEAD | while read -r f; do
+	# MAINTAINERS-snippet: the entries of MAINTAINERS that the series adds
+	# to or changes, as they are at the end of the series.
+	git -C "$KP_LINUX" show kvm-protmem:MAINTAINERS >"$dir/.maintainers" &&
+	git -C "$KP_LINUX" diff -U0 kp-base kvm-protmem -- MAINTAINERS >"$dir/.diff" &&
+	python3 - "$dir/.maintainers" "$dir/.diff" >"$dir/MAINTAINERS-snippet" <<'PY' ||
+import re
+import sys
+lines = open(sys.argv[1]).read().split('\n')
+changed = set()
+for m in re.finditer(r'^@@ -\S+ \+(\d+)(?:,(\d+))? @@', open(sys.argv[2]).read(), re.M):
+    start, count = int(m.group(1)), int(m.group(2) or 1)
+    changed.update(range(start, start + count))
+out, block = [], []
+for n, line in enumerate(lines + [''], 1):
+    if line:
+        block.append((n, line))
+        continue
+    if block and any(k in changed for k, _ in block):
+        out.append('\n'.join(l for _, l in block))
+    block = []
+print('\n\n'.join(out) if out else '(The series does not change MAINTAINERS yet.)')
+PY
+		kp_die "cannot extract the MAINTAINERS entries"
+	rm -f "$dir/.maintainers" "$dir/.diff"
+	git -C "$KP_LINUX" diff --name-only --diff-filter=A kp-base kvm-protmem | while read -r f; do
 		for m in $KP_MIRRORS; do
 			kprefix=${m%%:*}
 			rprefix=${m#*:}
@@ -39,7 +63,7 @@ generate() {
 			"$kprefix"*)
 				rel=$rprefix${f#"$kprefix"}
 				mkdir -p "$dir/$(dirname "$rel")"
-				git -C "$KP_LINUX" show "HEAD:$f" >"$dir/$rel"
+				git -C "$KP_LINUX" show "kvm-protmem:$f" >"$dir/$rel"
 				break
 				;;
 			esac
@@ -58,7 +82,7 @@ listed() {
 	local d
 	(cd "$1" && for d in $(mirror_dirs); do
 		[ -d "$d" ] && find "$d" -type f ! -path "$d/README.md"
-	done; [ -d patches ] && find patches -name '*.patch') | LC_ALL=C sort
+	done; [ -d patches ] && find patches -name '*.patch'; echo MAINTAINERS-snippet) | LC_ALL=C sort
 }
 
 case "${1:-}" in
@@ -73,7 +97,7 @@ export)
 		mkdir -p "$KP_TOP/$(dirname "$f")"
 		cp "$f" "$KP_TOP/$f"
 	done)
-	git -C "$KP_LINUX" rev-parse HEAD >"$KP_TREE/applied"
+	git -C "$KP_LINUX" rev-parse kvm-protmem >"$KP_TREE/applied"
 	kp_say "exported $(ls "$tmp/patches" | wc -l) patches and $(listed "$tmp" | grep -vc '^patches/') readable files"
 	;;
 check)
@@ -81,7 +105,7 @@ check)
 		kp_say "skipped: patches/ is generated on the pinned Debian base, not on KERNEL_SRC"
 		exit 0
 	fi
-	[ "$(git -C "$KP_LINUX" rev-parse HEAD)" = "$(cat "$KP_TREE/applied" 2>/dev/null)" ] ||
+	[ "$(git -C "$KP_LINUX" rev-parse kvm-protmem)" = "$(cat "$KP_TREE/applied" 2>/dev/null)" ] ||
 		kp_die "the branch in $KP_LINUX is not what 'apply' made of patches/ (run scripts/kp apply)"
 	tmp=$(mktemp -d)
 	trap 'rm -rf "$tmp"' EXIT

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Removing memory from the kernel's direct map, for memory that the kernel
+ * must not reach through its own mappings (e.g. guest-private memory).
+ * See mm/direct_map.c.
+ */
+#ifndef _LINUX_DIRECT_MAP_H
+#define _LINUX_DIRECT_MAP_H
+
+#include <linux/errno.h>
+#include <linux/limits.h>
+#include <linux/types.h>
+
+struct page;
+
+/**
+ * struct direct_map_batch - Removals that share one TLB flush
+ * @start: lowest direct-map address removed since the last flush
+ * @end: end of the highest range removed since the last flush
+ * @nr_pages: number of pages removed since the last flush
+ *
+ * Initialise with direct_map_batch_init(), add ranges with
+ * direct_map_batch_remove(), and always end with direct_map_batch_flush():
+ * until then, other CPUs may still reach the removed pages through stale
+ * TLB entries.
+ */
+struct direct_map_batch {
+	unsigned long start;
+	unsigned long end;
+	unsigned long nr_pages;
+};
+
+static inline void direct_map_batch_init(struct direct_map_batch *batch)
+{
+	batch->start = ULONG_MAX;
+	batch->end = 0;
+	batch->nr_pages = 0;
+}
+
+#ifdef CONFIG_DIRECT_MAP_REMOVAL
+int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
+			    unsigned long nr);
+void direct_map_batch_flush(struct direct_map_batch *batch);
+int direct_map_remove(struct page *page, unsigned long nr);
+void direct_map_restore(struct page *page, unsigned long nr);
+#else
+static inline int direct_map_batch_remove(struct direct_map_batch *batch,
+					  struct page *page, unsigned long nr)
+{
+	return -EOPNOTSUPP;
+}
+
+static inline void direct_map_batch_flush(struct direct_map_batch *batch)
+{
+}
+
+static inline int direct_map_remove(struct page *page, unsigned long nr)
+{
+	return -EOPNOTSUPP;
+}
+
+static inline void direct_map_restore(struct page *page, unsigned long nr)
+{
+}
+#endif /* CONFIG_DIRECT_MAP_REMOVAL */
+
+#endif /* _LINUX_DIRECT_MAP_H */

@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Removing memory from the kernel's direct map.
+ *
+ * Memory that the kernel must not reach through its own mappings, such as
+ * the private memory of a KVM guest, is removed from the direct map while
+ * it is in use and restored before it is freed.  This is the one place that
+ * does it, so that the rules hold for every user:
+ *
+ * - Removal can fail.  A large (1G or 2M) mapping that the range covers
+ *   only in part must be split, and the split allocates page tables.  A
+ *   failed removal changes nothing: what it already removed is restored
+ *   before the error is returned.
+ *
+ * - Removal is followed by a TLB shootdown on all CPUs.  The batch form
+ *   lets a caller remove several ranges and pay for one flush.
+ *
+ * - Restoring cannot fail for a range that was removed with the same
+ *   boundaries, and gives large mappings back where the architecture can
+ *   collapse them (set_direct_map_restore_noflush()).
+ *
+ * The range is changed in steps that never cross a PMD boundary.  Within
+ * one step the architecture allocates (splits) before it changes any entry,
+ * so a failing step has changed nothing, and restoring the earlier steps
+ * with the same boundaries needs no allocation.
+ */
+
+#include <linux/direct_map.h>
+#include <linux/fault-inject.h>
+#include <linux/mm.h>
+#include <linux/pgtable.h>
+#include <linux/set_memory.h>
+#include <linux/vmstat.h>
+#include <asm/tlbflush.h>
+
+#ifdef CONFIG_FAIL_DIRECT_MAP
+static DECLARE_FAULT_ATTR(fail_direct_map);
+
+static int __init setup_fail_direct_map(char *str)
+{
+	return setup_fault_attr(&fail_direct_map, str);
+}
+__setup("fail_direct_map=", setup_fail_direct_map);
+
+static int __init fail_direct_map_debugfs(void)
+{
+	return PTR_ERR_OR_ZERO(fault_create_debugfs_attr("fail_direct_map", NULL,
+							 &fail_direct_map));
+}
+late_initcall(fail_direct_map_debugfs);
+
+/* Fail a removal step as a split that cannot allocate would. */
+static bool direct_map_should_fail(unsigned long nr)
+{
+	return should_fail(&fail_direct_map, nr << PAGE_SHIFT);
+}
+#else
+static inline bool direct_map_should_fail(unsigned long nr)
+{
+	return false;
+}
+#endif /* CONFIG_FAIL_DIRECT_MAP */
+
+/* Pages from @pfn up to the next PMD boundary, at most @left. */
+static unsigned long direct_map_step(unsigned long pfn, unsigned long left)
+{
+	return min(left, ALIGN(pfn + 1, PTRS_PER_PMD) - pfn);
+}
+
+static void __direct_map_restore(unsigned long pfn, unsigned long nr)
+{
+	unsigned long done, n;
+
+	for (done = 0; done < nr; done += n) {
+		n = direct_map_step(pfn + done, nr - done);
+		/*
+		 * Cannot fail: these steps were removed with the same
+		 * boundaries, so any split they need has been done.
+		 */
+		WARN_ON_ONCE(set_direct_map_restore_noflush(pfn_to_page(pfn + done), n));
+	}
+}
+
+/**
+ * direct_map_batch_remove - Remove pages from the direct map, flush later
+ * @batch: the batch that will flush the TLB for this range
+ * @page: first page of a physically contiguous range
+ * @nr: number of pages in the range
+ *
+ * Make @nr pages from @page not present in the direct map.  Either all of
+ * them are removed, or none is.  The caller must call
+ * direct_map_batch_flush() before it relies on the pages being unreachable,
+ * and direct_map_restore() on the same range before it frees the pages.
+ *
+ * Context: Process context; may sleep (splitting allocates).  The caller
+ * must own the pages and keep anyone else from changing their direct
+ * mapping.
+ * Return: 0 on success; -EINVAL for an empty or highmem range; -EOPNOTSUPP
+ * when this kernel cannot change its direct map (can_set_direct_map() is
+ * false); -ENOMEM when a large mapping had to be split and page tables could
+ * not be allocated.  On error nothing was removed.
+ */
+int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
+			    unsigned long nr)
+{
+	unsigned long pfn = page_to_pfn(page);
+	unsigned long addr, done, n;
+	int ret = 0;
+
+	might_sleep();
+
+	if (!can_set_direct_map())
+		return -EOPNOTSUPP;
+	if (!nr || PageHighMem(page))
+		return -EINVAL;
+
+	for (done = 0; done < nr; done += n) {
+		n = direct_map_step(pfn + done, nr - done);
+		if (direct_map_should_fail(n)) {
+			ret = -ENOMEM;
+			break;
+		}
+		ret = set_direct_map_valid_noflush(pfn_to_page(pfn + done), n, false);
+		if (ret)
+			break;
+	}
+	if (ret) {
+		/*
+		 * No flush needed: x86 does not cache not-present entries, and
+		 * any stale entry maps the pages just as the restore does.
+		 */
+		__direct_map_restore(pfn, done);
+		return ret;
+	}
+
+	addr = (unsigned long)page_address(page);
+	batch->start = min(batch->start, addr);
+	batch->end = max(batch->end, addr + (nr << PAGE_SHIFT));
+	batch->nr_pages += nr;
+	count_vm_events(DIRECT_MAP_REMOVED, nr);
+	return 0;
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_remove, "kvm");
+
+/**
+ * direct_map_batch_flush - Flush the TLBs for the ranges a batch removed
+ * @batch: the batch
+ *
+ * Issue one kernel TLB flush, on all CPUs, covering every range removed
+ * through @batch since it was initialised or last flushed, and empty the
+ * batch.  Does nothing for an empty batch.
+ *
+ * Context: Process context; interrupts enabled.
+ */
+void direct_map_batch_flush(struct direct_map_batch *batch)
+{
+	if (!batch->nr_pages)
+		return;
+
+	flush_tlb_kernel_range(batch->start, batch->end);
+	count_vm_event(DIRECT_MAP_REMOVE_FLUSH);
+	direct_map_batch_init(batch);
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_flush, "kvm");
+
+/**
+ * direct_map_remove - Remove pages from the direct map and flush the TLBs
+ * @page: first page of a physically contiguous range
+ * @nr: number of pages in the range
+ *
+ * direct_map_batch_remove() and direct_map_batch_flush() for one range:
+ * when it returns 0, no CPU can reach the pages through the direct map.
+ *
+ * Context: Process context; may sleep.
+ * Return: as direct_map_batch_remove(); on error nothing was removed.
+ */
+int direct_map_remove(struct page *page, unsigned long nr)
+{
+	struct direct_map_batch batch;
+	int ret;
+
+	direct_map_batch_init(&batch);
+	ret = direct_map_batch_remove(&batch, page, nr);
+	direct_map_batch_flush(&batch);
+	return ret;
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_remove, "kvm");
+
+/**
+ * direct_map_restore - Give removed pages back to the direct map
+ * @page: first page of a range removed by direct_map_remove() or
+ *        direct_map_batch_remove()
+ * @nr: number of pages in that range
+ *
+ * Map the pages again with the direct map's default protections, and
+ * collapse large mappings where the whole large page is mapped again.  The
+ * range must be one that was removed, with the same boundaries; then this
+ * cannot fail.  The pages may be freed once it returns.
+ *
+ * Context: Process context; may sleep.
+ */
+void direct_map_restore(struct page *page, unsigned long nr)
+{
+	might_sleep();
+
+	if (WARN_ON_ONCE(!can_set_direct_map() || !nr))
+		return;
+
+	__direct_map_restore(page_to_pfn(page), nr);
+	count_vm_events(DIRECT_MAP_RESTORED, nr);
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_restore, "kvm");
+
+#ifdef CONFIG_DIRECT_MAP_KUNIT_TEST
+#include "direct_map_test.c"
+#endif

@@ -1,0 +1,305 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KUnit tests for direct-map removal.  Included by mm/direct_map.c, so that
+ * the tests can drive the fail_direct_map fault point.
+ *
+ * Splits and collapses are seen in two ways: the level of the direct-map
+ * entry that maps a page (lookup_address()), checked on every run, and the
+ * counters of /proc/vmstat, which x86 only counts once the system is running.
+ * A run during boot checks the levels; run the suite again later to check the
+ * counters as well:
+ *   echo 1 > /sys/kernel/debug/kunit/direct_map/run
+ */
+
+#include <kunit/test.h>
+#include <linux/gfp.h>
+#include <linux/sizes.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+
+/* Pages in a PMD-sized block. */
+#define DM_PMD_NR	BIT(PMD_ORDER)
+
+struct dm_counts {
+	unsigned long removed, restored, flushes;
+	unsigned long l2_splits, l3_splits, l2_collapses, l3_collapses;
+};
+
+static void dm_read_counts(struct kunit *test, struct dm_counts *c)
+{
+	unsigned long *ev = kunit_kcalloc(test, NR_VM_EVENT_ITEMS,
+					  sizeof(*ev), GFP_KERNEL);
+
+	KUNIT_ASSERT_NOT_NULL(test, ev);
+	all_vm_events(ev);
+	c->removed = ev[DIRECT_MAP_REMOVED];
+	c->restored = ev[DIRECT_MAP_RESTORED];
+	c->flushes = ev[DIRECT_MAP_REMOVE_FLUSH];
+#ifdef CONFIG_X86
+	c->l2_splits = ev[DIRECT_MAP_LEVEL2_SPLIT];
+	c->l3_splits = ev[DIRECT_MAP_LEVEL3_SPLIT];
+	c->l2_collapses = ev[DIRECT_MAP_LEVEL2_COLLAPSE];
+	c->l3_collapses = ev[DIRECT_MAP_LEVEL3_COLLAPSE];
+#endif
+	kunit_kfree(test, ev);
+}
+
+/* Can the kernel read the page through the direct map? */
+static bool dm_readable(struct page *page)
+{
+	char c;
+
+	return !copy_from_kernel_nofault(&c, page_address(page), 1);
+}
+
+static void dm_expect_page(struct kunit *test, unsigned long pfn,
+			   unsigned long i, unsigned long nr, bool want)
+{
+	bool readable = dm_readable(pfn_to_page(pfn + i));
+
+	KUNIT_EXPECT_EQ_MSG(test, readable, want, "page %lu of %lu", i, nr);
+}
+
+/* Every 64th page and the last: readable (or not) as @want. */
+static void dm_expect_readable(struct kunit *test, struct page *page,
+			       unsigned long nr, bool want)
+{
+	unsigned long pfn = page_to_pfn(page), i;
+
+	for (i = 0; i < nr; i += 64)
+		dm_expect_page(test, pfn, i, nr, want);
+	dm_expect_page(test, pfn, nr - 1, nr, want);
+}
+
+/* Are splits and collapses counted in /proc/vmstat yet? */
+static bool dm_counting(struct kunit *test)
+{
+	if (!IS_ENABLED(CONFIG_X86))
+		kunit_skip(test, "direct-map levels and split counters are x86 only");
+	if (system_state == SYSTEM_RUNNING)
+		return true;
+	kunit_info(test, "split counters not counted during boot: levels checked only");
+	return false;
+}
+
+static unsigned int dm_level(struct page *page)
+{
+	unsigned int level = 0;
+
+#ifdef CONFIG_X86
+	lookup_address((unsigned long)page_address(page), &level);
+#endif
+	return level;
+}
+
+#ifdef CONFIG_X86
+static bool dm_global_as_default(struct page *page)
+{
+	unsigned int level;
+	pte_t *pte = lookup_address((unsigned long)page_address(page), &level);
+
+	return pte && (pte_flags(*pte) & _PAGE_GLOBAL) ==
+		      (pgprot_val(PAGE_KERNEL) & _PAGE_GLOBAL);
+}
+#endif
+
+/*
+ * An order-9 block that the direct map maps with a 2M or 1G page, i.e. one
+ * that no earlier test (or anything else) split.
+ */
+static struct page *dm_alloc_unsplit_block(struct kunit *test)
+{
+	struct page *rejected[8], *page = NULL;
+	int i, n = 0;
+
+	for (i = 0; i < ARRAY_SIZE(rejected); i++) {
+		page = alloc_pages(GFP_KERNEL | __GFP_NOWARN, PMD_ORDER);
+		if (!page)
+			break;
+		if (dm_level(page) >= PG_LEVEL_2M)
+			break;
+		rejected[n++] = page;
+		page = NULL;
+	}
+	while (n--)
+		__free_pages(rejected[n], PMD_ORDER);
+	if (!page)
+		kunit_skip(test, "no order-%d block mapped with a large page", PMD_ORDER);
+	return page;
+}
+
+static void direct_map_test_unreachable(struct kunit *test)
+{
+	struct page *page = alloc_pages(GFP_KERNEL | __GFP_NOWARN, PMD_ORDER);
+	void *addr;
+
+	if (!page)
+		kunit_skip(test, "no order-%d block", PMD_ORDER);
+	addr = page_address(page);
+	memset(addr, 0x5a, PMD_SIZE);
+
+	KUNIT_ASSERT_EQ(test, direct_map_remove(page, DM_PMD_NR), 0);
+	dm_expect_readable(test, page, DM_PMD_NR, false);
+
+	direct_map_restore(page, DM_PMD_NR);
+	dm_expect_readable(test, page, DM_PMD_NR, true);
+	KUNIT_EXPECT_TRUE(test, !memchr_inv(addr, 0x5a, PMD_SIZE));
+	__free_pages(page, PMD_ORDER);
+}
+
+static void direct_map_test_whole_pmd_no_split(struct kunit *test)
+{
+	struct dm_counts a, b, c;
+	struct page *page;
+	bool counting = dm_counting(test);
+
+	page = dm_alloc_unsplit_block(test);
+
+	dm_read_counts(test, &a);
+	KUNIT_ASSERT_EQ(test, direct_map_remove(page, DM_PMD_NR), 0);
+	dm_read_counts(test, &b);
+	/* Removed as a whole: one not-present 2M (or larger) entry. */
+	KUNIT_EXPECT_GE(test, dm_level(page), PG_LEVEL_2M);
+	direct_map_restore(page, DM_PMD_NR);
+	dm_read_counts(test, &c);
+
+	if (counting)
+		KUNIT_EXPECT_EQ(test, b.l2_splits - a.l2_splits, 0);
+	KUNIT_EXPECT_EQ(test, b.removed - a.removed, DM_PMD_NR);
+	KUNIT_EXPECT_EQ(test, b.flushes - a.flushes, 1);
+	KUNIT_EXPECT_EQ(test, c.restored - b.restored, DM_PMD_NR);
+	/* Back to a large page, with the global bit it had. */
+	KUNIT_EXPECT_GE(test, dm_level(page), PG_LEVEL_2M);
+#ifdef CONFIG_X86
+	KUNIT_EXPECT_TRUE(test, dm_global_as_default(page));
+#endif
+	dm_expect_readable(test, page, DM_PMD_NR, true);
+	__free_pages(page, PMD_ORDER);
+}
+
+static void direct_map_test_one_page_split_collapse(struct kunit *test)
+{
+	struct dm_counts a, b, c;
+	struct page *page, *one;
+	bool counting = dm_counting(test);
+
+	page = dm_alloc_unsplit_block(test);
+	one = pfn_to_page(page_to_pfn(page) + 100);
+
+	dm_read_counts(test, &a);
+	KUNIT_ASSERT_EQ(test, direct_map_remove(one, 1), 0);
+	dm_read_counts(test, &b);
+	KUNIT_EXPECT_FALSE(test, dm_readable(one));
+	KUNIT_EXPECT_TRUE(test, dm_readable(page));
+	KUNIT_EXPECT_EQ(test, dm_level(page), PG_LEVEL_4K);
+
+	direct_map_restore(one, 1);
+	dm_read_counts(test, &c);
+
+	if (counting) {
+		KUNIT_EXPECT_EQ(test, b.l2_splits - a.l2_splits, 1);
+		KUNIT_EXPECT_EQ(test, c.l2_collapses - b.l2_collapses, 1);
+	}
+	KUNIT_EXPECT_EQ(test, b.flushes - a.flushes, 1);
+	KUNIT_EXPECT_GE(test, dm_level(page), PG_LEVEL_2M);
+	KUNIT_EXPECT_TRUE(test, dm_readable(one));
+	__free_pages(page, PMD_ORDER);
+}
+
+static void direct_map_test_batch_one_flush(struct kunit *test)
+{
+	struct page *pages[4];
+	struct direct_map_batch batch;
+	struct dm_counts a, b;
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(pages); i++) {
+		pages[i] = alloc_pages(GFP_KERNEL | __GFP_NOWARN, 1);
+		if (!pages[i]) {
+			while (i--)
+				__free_pages(pages[i], 1);
+			kunit_skip(test, "no order-1 pages");
+		}
+	}
+
+	dm_read_counts(test, &a);
+	direct_map_batch_init(&batch);
+	for (i = 0; i < ARRAY_SIZE(pages); i++)
+		KUNIT_EXPECT_EQ(test, direct_map_batch_remove(&batch, pages[i], 2), 0);
+	KUNIT_EXPECT_EQ(test, batch.nr_pages, 2 * ARRAY_SIZE(pages));
+	direct_map_batch_flush(&batch);
+	dm_read_counts(test, &b);
+
+	KUNIT_EXPECT_EQ(test, b.flushes - a.flushes, 1);
+	KUNIT_EXPECT_EQ(test, b.removed - a.removed, 2 * ARRAY_SIZE(pages));
+	KUNIT_EXPECT_EQ(test, batch.nr_pages, 0);
+	for (i = 0; i < ARRAY_SIZE(pages); i++) {
+		dm_expect_readable(test, pages[i], 2, false);
+		direct_map_restore(pages[i], 2);
+		dm_expect_readable(test, pages[i], 2, true);
+		__free_pages(pages[i], 1);
+	}
+}
+
+static void direct_map_test_injected_failure(struct kunit *test)
+{
+	struct page *page = alloc_pages(GFP_KERNEL | __GFP_NOWARN, PMD_ORDER + 1);
+	struct dm_counts a, b;
+	int ret;
+
+	if (!page)
+		kunit_skip(test, "no order-%d block", PMD_ORDER + 1);
+#ifdef CONFIG_FAIL_DIRECT_MAP
+	/* Let the first PMD-sized step through, fail the second. */
+	fail_direct_map.verbose = 0;
+	fail_direct_map.interval = 1;
+	atomic_set(&fail_direct_map.space, PMD_SIZE + 1);
+	atomic_set(&fail_direct_map.times, 1);
+	fail_direct_map.probability = 100;
+#else
+	__free_pages(page, PMD_ORDER + 1);
+	kunit_skip(test, "needs CONFIG_FAIL_DIRECT_MAP");
+#endif
+	dm_read_counts(test, &a);
+	ret = direct_map_remove(page, 2 * DM_PMD_NR);
+	dm_read_counts(test, &b);
+#ifdef CONFIG_FAIL_DIRECT_MAP
+	fail_direct_map.probability = 0;
+#endif
+	KUNIT_EXPECT_EQ(test, ret, -ENOMEM);
+	/* Nothing removed: the first step was put back. */
+	dm_expect_readable(test, page, 2 * DM_PMD_NR, true);
+	KUNIT_EXPECT_EQ(test, b.removed - a.removed, 0);
+	KUNIT_EXPECT_EQ(test, b.flushes - a.flushes, 0);
+	__free_pages(page, PMD_ORDER + 1);
+}
+
+static void direct_map_test_bad_input(struct kunit *test)
+{
+	struct page *page = alloc_page(GFP_KERNEL);
+	struct direct_map_batch batch;
+
+	KUNIT_ASSERT_NOT_NULL(test, page);
+	direct_map_batch_init(&batch);
+	KUNIT_EXPECT_EQ(test, direct_map_batch_remove(&batch, page, 0), -EINVAL);
+	KUNIT_EXPECT_EQ(test, batch.nr_pages, 0);
+	KUNIT_EXPECT_TRUE(test, dm_readable(page));
+	__free_page(page);
+}
+
+static struct kunit_case direct_map_test_cases[] = {
+	KUNIT_CASE(direct_map_test_unreachable),
+	KUNIT_CASE(direct_map_test_whole_pmd_no_split),
+	KUNIT_CASE(direct_map_test_one_page_split_collapse),
+	KUNIT_CASE(direct_map_test_batch_one_flush),
+	KUNIT_CASE(direct_map_test_injected_failure),
+	KUNIT_CASE(direct_map_test_bad_input),
+	{}
+};
+
+static struct kunit_suite direct_map_test_suite = {
+	.name = "direct_map",
+	.test_cases = direct_map_test_cases,
+};
+
+kunit_test_suite(direct_map_test_suite);

@@ -1,0 +1,306 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Removing pages from the kernel's direct map.
+//!
+//! Memory that the kernel must not reach through its own mappings, such as the private memory
+//! of a KVM guest, is removed from the direct map while it is in use and restored before it is
+//! freed.
+//!
+//! [`Removed`] owns pages while they are off the direct map. The only ways to get the pages back
+//! are [`Removed::restore`] and dropping the [`Removed`], and both map the pages again first, so
+//! pages cannot be freed while they are removed, and pages that were not removed cannot be
+//! restored. [`Batch`] removes several ranges for the price of one TLB flush.
+//!
+//! Removal can fail with [`ENOMEM`] (a large mapping had to be split and the split could not
+//! allocate) or [`EOPNOTSUPP`] (this kernel cannot change its direct map); then nothing was
+//! removed.
+//!
+//! C header: [`include/linux/direct_map.h`](srctree/include/linux/direct_map.h)
+//!
+//! [`ENOMEM`]: crate::error::code::ENOMEM
+//! [`EOPNOTSUPP`]: crate::error::code::EOPNOTSUPP
+
+use crate::{
+    bindings,
+    error::{to_result, Result},
+    page::Page,
+};
+use core::mem::{ManuallyDrop, MaybeUninit};
+
+/// Owned, physically contiguous pages that can be removed from the direct map as one range.
+///
+/// # Safety
+///
+/// Implementers guarantee that, for as long as the value exists, [`first_page`] points to the
+/// first of [`nr_pages`] (at least one) physically contiguous pages in the direct map, that the
+/// value owns them (nobody else frees them or changes their direct mapping), that both methods
+/// always return the same values, and that the pages are freed only when the value is dropped.
+///
+/// [`first_page`]: DirectMapPages::first_page
+/// [`nr_pages`]: DirectMapPages::nr_pages
+pub unsafe trait DirectMapPages {
+    /// Returns the first page of the range.
+    fn first_page(&self) -> *mut bindings::page;
+
+    /// Returns the number of pages in the range.
+    fn nr_pages(&self) -> usize;
+}
+
+// SAFETY: A `Page` owns one order-0 page, which is in the direct map (the kernel crate allocates
+// it without `__GFP_HIGHMEM`) and which it frees only when dropped.
+unsafe impl DirectMapPages for Page {
+    fn first_page(&self) -> *mut bindings::page {
+        self.as_ptr()
+    }
+
+    fn nr_pages(&self) -> usize {
+        1
+    }
+}
+
+/// Pages that are off the direct map.
+///
+/// Created by [`Removed::new`], which also flushes the TLBs, or by [`Batch::remove`], whose
+/// [`Batch`] flushes when it is dropped or [`flushed`](Batch::flush). Dropping a `Removed`
+/// maps the pages again and then drops them; [`Removed::restore`] maps them again and gives
+/// them back.
+///
+/// The pages are not reachable through a `Removed`: the kernel must not touch them through the
+/// direct map while they are removed. Forgetting a `Removed` (e.g. with [`core::mem::forget`])
+/// leaks its pages, still removed, but never frees them while they are removed.
+///
+/// # Invariants
+///
+/// The `pages.nr_pages()` pages from `pages.first_page()` are removed from the direct map, by
+/// one removal of exactly that range.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{mm::direct_map::Removed, page::Page, prelude::*};
+///
+/// let page = Page::alloc_page(GFP_KERNEL)?;
+/// let removed = Removed::new(page)?;
+/// assert_eq!(removed.nr_pages(), 1);
+///
+/// // Map the page again and get it back; dropping `removed` would do the same, then free it.
+/// let page: Page = removed.restore();
+/// # drop(page);
+/// # Ok::<(), Error>(())
+/// ```
+pub struct Removed<P: DirectMapPages> {
+    pages: ManuallyDrop<P>,
+}
+
+impl<P: DirectMapPages> Removed<P> {
+    /// Removes `pages` from the direct map and flushes the TLBs of all CPUs.
+    ///
+    /// On error nothing was removed, and `pages` is dropped.
+    ///
+    /// Might sleep.
+    pub fn new(pages: P) -> Result<Self> {
+        // SAFETY: By the `DirectMapPages` contract `pages` owns `nr_pages()` contiguous pages from
+        // `first_page()`, so nobody else changes their direct mapping.
+        to_result(unsafe { bindings::direct_map_remove(pages.first_page(), pages.nr_pages()) })?;
+
+        // INVARIANT: the removal of exactly this range succeeded.
+        Ok(Self {
+            pages: ManuallyDrop::new(pages),
+        })
+    }
+
+    /// Returns the number of removed pages.
+    pub fn nr_pages(&self) -> usize {
+        self.pages.nr_pages()
+    }
+
+    /// Maps the pages again and gives them back.
+    ///
+    /// Might sleep.
+    pub fn restore(self) -> P {
+        let mut this = ManuallyDrop::new(self);
+
+        this.restore_mapping();
+        // SAFETY: `this` is not dropped and not used after this, so `pages` is taken only once.
+        unsafe { ManuallyDrop::take(&mut this.pages) }
+    }
+
+    fn restore_mapping(&self) {
+        // SAFETY: By the type invariant, this range was removed with exactly these boundaries.
+        unsafe { bindings::direct_map_restore(self.pages.first_page(), self.pages.nr_pages()) };
+    }
+}
+
+impl<P: DirectMapPages> Drop for Removed<P> {
+    fn drop(&mut self) {
+        self.restore_mapping();
+        // SAFETY: `drop` runs once and `pages` is not used after this; the pages are mapped again,
+        // so they may be freed.
+        unsafe { ManuallyDrop::drop(&mut self.pages) };
+    }
+}
+
+/// Removals from the direct map that share one TLB flush.
+///
+/// [`Batch::remove`] removes a range without flushing; the TLBs of all CPUs are flushed once, for
+/// every range removed through the batch, by [`Batch::flush`] or when the batch is dropped. Until
+/// then other CPUs may still reach the pages through stale TLB entries.
+///
+/// # Invariants
+///
+/// `raw` was initialised by `direct_map_batch_init()` and is only changed by the
+/// `direct_map_batch_*()` functions.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{mm::direct_map::Batch, page::Page, prelude::*};
+///
+/// let mut batch = Batch::new();
+/// let a = batch.remove(Page::alloc_page(GFP_KERNEL)?)?;
+/// let b = batch.remove(Page::alloc_page(GFP_KERNEL)?)?;
+/// assert_eq!(batch.nr_pages(), 2);
+/// // One TLB flush for both pages.
+/// batch.flush();
+///
+/// // Restored (and freed) when dropped.
+/// drop((a, b));
+/// # Ok::<(), Error>(())
+/// ```
+pub struct Batch {
+    raw: bindings::direct_map_batch,
+}
+
+impl Batch {
+    /// Creates an empty batch.
+    pub fn new() -> Self {
+        let mut raw = MaybeUninit::<bindings::direct_map_batch>::uninit();
+
+        // SAFETY: `raw` is valid for writes, and `direct_map_batch_init()` writes every field.
+        unsafe { bindings::direct_map_batch_init(raw.as_mut_ptr()) };
+        // INVARIANT: `raw` was initialised by `direct_map_batch_init()`.
+        Self {
+            // SAFETY: `direct_map_batch_init()` initialised `raw`.
+            raw: unsafe { raw.assume_init() },
+        }
+    }
+
+    /// Removes `pages` from the direct map; the TLBs are flushed with the rest of the batch.
+    ///
+    /// On error nothing of `pages` was removed, `pages` is dropped, and the ranges removed
+    /// earlier through the batch stay removed.
+    ///
+    /// Might sleep.
+    pub fn remove<P: DirectMapPages>(&mut self, pages: P) -> Result<Removed<P>> {
+        // SAFETY: `self.raw` is initialised by the type invariant; by the `DirectMapPages`
+        // contract `pages` owns `nr_pages()` contiguous pages from `first_page()`.
+        to_result(unsafe {
+            bindings::direct_map_batch_remove(&mut self.raw, pages.first_page(), pages.nr_pages())
+        })?;
+
+        // INVARIANT: the removal of exactly this range succeeded.
+        Ok(Removed {
+            pages: ManuallyDrop::new(pages),
+        })
+    }
+
+    /// Returns the number of pages removed through the batch and not flushed yet.
+    pub fn nr_pages(&self) -> usize {
+        self.raw.nr_pages
+    }
+
+    /// Flushes the TLBs of all CPUs, once, for every range removed through the batch.
+    ///
+    /// Dropping the batch does the same; this only makes the point visible.
+    pub fn flush(self) {}
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // SAFETY: `self.raw` is initialised by the type invariant.
+        unsafe { bindings::direct_map_batch_flush(&mut self.raw) };
+    }
+}
+
+#[macros::kunit_tests(rust_direct_map)]
+mod tests {
+    use super::*;
+    use crate::prelude::*;
+
+    /// A page that the test keeps allocated, lent to a [`Removed`] so that the test can look at
+    /// it after the [`Removed`] is gone.
+    struct Lent(*mut bindings::page);
+
+    // SAFETY: The tests keep the page allocated for longer than any `Lent` of it, and neither
+    // free it nor change its direct mapping while it is lent.
+    unsafe impl DirectMapPages for Lent {
+        fn first_page(&self) -> *mut bindings::page {
+            self.0
+        }
+
+        fn nr_pages(&self) -> usize {
+            1
+        }
+    }
+
+    /// Returns whether the kernel can read `page` through the direct map.
+    fn readable(page: &Page) -> bool {
+        let mut byte = 0u8;
+
+        // SAFETY: `page` is a valid page. On 64-bit `kmap_local_page()` returns its direct-map
+        // address, present or not, and `copy_from_kernel_nofault()` returns an error instead of
+        // faulting on a missing mapping.
+        unsafe {
+            let addr = bindings::kmap_local_page(page.as_ptr());
+            let ret = bindings::copy_from_kernel_nofault((&raw mut byte).cast(), addr, 1);
+            bindings::kunmap_local(addr);
+            ret == 0
+        }
+    }
+
+    #[test]
+    fn restore_maps_again() -> Result {
+        let page = Page::alloc_page(GFP_KERNEL)?;
+
+        assert!(readable(&page));
+        let removed = Removed::new(Lent(page.as_ptr()))?;
+        assert!(!readable(&page));
+        let lent = removed.restore();
+        assert_eq!(lent.0, page.as_ptr());
+        assert!(readable(&page));
+        Ok(())
+    }
+
+    #[test]
+    fn drop_maps_again() -> Result {
+        let page = Page::alloc_page(GFP_KERNEL)?;
+
+        let removed = Removed::new(Lent(page.as_ptr()))?;
+        assert!(!readable(&page));
+        drop(removed);
+        assert!(readable(&page));
+        Ok(())
+    }
+
+    #[test]
+    fn batch_removes_all() -> Result {
+        let a = Page::alloc_page(GFP_KERNEL)?;
+        let b = Page::alloc_page(GFP_KERNEL)?;
+        let mut batch = Batch::new();
+
+        let ra = batch.remove(Lent(a.as_ptr()))?;
+        let rb = batch.remove(Lent(b.as_ptr()))?;
+        assert_eq!(batch.nr_pages(), 2);
+        batch.flush();
+        assert!(!readable(&a) && !readable(&b));
+        drop((ra, rb));
+        assert!(readable(&a) && readable(&b));
+        Ok(())
+    }
+}
