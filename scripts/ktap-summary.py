@@ -105,6 +105,18 @@ def main():
         lines = []
 
     top = parse(lines, 0)
+    # The guest's init writes the KUnit results after boot.  When the guest
+    # died before that, count the KUnit suites from the console instead,
+    # where KUnit printed them while the kernel booted.
+    if args.finished == 'no' and args.console and not any(t.name.startswith('kunit:') for t in top):
+        try:
+            with open(args.console, errors='replace') as f:
+                cons = [l.rstrip('\r\n') for l in f]
+        except OSError:
+            cons = []
+        for t in parse(cons, 0):
+            t.name = 'kunit:' + t.name
+            top.insert(0, t)
     results = []
     for t in top:
         walk(t, '', results)

@@ -4,7 +4,8 @@
 # The checks a maintainer runs first, on the applied series:
 #   - scripts/checkpatch.pl --strict on every patch of patches/: no error,
 #     no warning, no check;
-#   - make rustfmtcheck: the Rust code is rustfmt-clean.
+#   - make rustfmtcheck: the Rust code is rustfmt-clean;
+#   - scripts/kernel-doc -Wall: no new warning in the C files it touches.
 # Clippy needs a build of its own (CLIPPY=1); see the README.
 KP_STEP=lint
 . "$(dirname "$0")/lib/common.sh"
@@ -32,4 +33,24 @@ if [ -f "$KP_BUILD/.config" ]; then
 	kp_log make -s -C "$KP_LINUX" O="$KP_BUILD" ARCH=x86_64 LLVM="$KP_LLVM" rustfmtcheck ||
 		kp_die "make rustfmtcheck: Rust code is not rustfmt-clean"
 fi
-kp_say "checkpatch --strict clean on $n patches; rustfmtcheck clean"
+# kernel-doc: no warning in the C files the series touches that the base
+# did not have already (compared file by file, base against series).
+kdoc_warnings() {
+	git -C "$KP_LINUX" show "$1:$2" 2>/dev/null >"$KP_TREE/kdoc.tmp.${2##*.}" || return 0
+	"$KP_LINUX/scripts/kernel-doc" -none -Wall "$KP_TREE/kdoc.tmp.${2##*.}" 2>&1 |
+		sed "s|$KP_TREE/kdoc.tmp.[ch]|$2|"
+}
+kdoc=0
+for f in $(git -C "$KP_LINUX" diff --name-only kp-base kvm-protmem -- '*.c' '*.h'); do
+	new=$(kdoc_warnings kvm-protmem "$f" | sed -E 's/:[0-9]+([ :])/\1/' | sort)
+	old=$(kdoc_warnings kp-base "$f" | sed -E 's/:[0-9]+([ :])/\1/' | sort)
+	added=$(comm -23 <(echo "$new") <(echo "$old") | grep .)
+	if [ -n "$added" ]; then
+		echo "$added" | sed 's/^/  /' >&2
+		kdoc=$((kdoc + 1))
+	fi
+done
+rm -f "$KP_TREE"/kdoc.tmp.*
+[ $kdoc = 0 ] || kp_die "kernel-doc: new warnings in $kdoc files"
+
+kp_say "checkpatch --strict clean on $n patches; rustfmtcheck clean; no new kernel-doc warnings"
