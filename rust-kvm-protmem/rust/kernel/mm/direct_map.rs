@@ -32,9 +32,10 @@ use core::mem::{ManuallyDrop, MaybeUninit};
 /// # Safety
 ///
 /// Implementers guarantee that, for as long as the value exists, [`first_page`] points to the
-/// first of [`nr_pages`] (at least one) physically contiguous pages in the direct map, that the
-/// value owns them (nobody else frees them or changes their direct mapping), that both methods
-/// always return the same values, and that the pages are freed only when the value is dropped.
+/// first of [`nr_pages`] (at least one) physically contiguous pages, that the value owns them
+/// (nobody else frees them or changes their direct mapping), that both methods always return the
+/// same values, and that the pages are freed only when the value is dropped. (Pages that are not
+/// in the direct map, i.e. highmem, are refused by the removal with `EINVAL`.)
 ///
 /// [`first_page`]: DirectMapPages::first_page
 /// [`nr_pages`]: DirectMapPages::nr_pages
@@ -46,8 +47,7 @@ pub unsafe trait DirectMapPages {
     fn nr_pages(&self) -> usize;
 }
 
-// SAFETY: A `Page` owns one order-0 page, which is in the direct map (the kernel crate allocates
-// it without `__GFP_HIGHMEM`) and which it frees only when dropped.
+// SAFETY: A `Page` owns one order-0 page, which it frees only when dropped.
 unsafe impl DirectMapPages for Page {
     fn first_page(&self) -> *mut bindings::page {
         self.as_ptr()
