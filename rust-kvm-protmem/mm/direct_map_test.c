@@ -152,8 +152,11 @@ static void direct_map_test_whole_pmd_no_split(struct kunit *test)
 	struct dm_counts a, b, c;
 	struct page *page;
 	bool counting = dm_counting(test);
+	unsigned int level;
 
 	page = dm_alloc_unsplit_block(test);
+	level = dm_level(page);
+	kunit_info(test, "block mapped by a %s page", level == PG_LEVEL_1G ? "1G" : "2M");
 
 	dm_read_counts(test, &a);
 	KUNIT_ASSERT_EQ(test, direct_map_remove(page, DM_PMD_NR), 0);
@@ -168,8 +171,15 @@ static void direct_map_test_whole_pmd_no_split(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, b.removed - a.removed, DM_PMD_NR);
 	KUNIT_EXPECT_EQ(test, b.flushes - a.flushes, 1);
 	KUNIT_EXPECT_EQ(test, c.restored - b.restored, DM_PMD_NR);
-	/* Back to a large page, with the global bit it had. */
-	KUNIT_EXPECT_GE(test, dm_level(page), PG_LEVEL_2M);
+	/*
+	 * Back to the large page it was (a 1G mapping that the removal split
+	 * into 2M ones is collapsed again), with the global bit it had.
+	 */
+	KUNIT_EXPECT_EQ(test, dm_level(page), level);
+	if (counting && level == PG_LEVEL_1G) {
+		KUNIT_EXPECT_EQ(test, b.l3_splits - a.l3_splits, 1);
+		KUNIT_EXPECT_EQ(test, c.l3_collapses - b.l3_collapses, 1);
+	}
 #ifdef CONFIG_X86
 	KUNIT_EXPECT_TRUE(test, dm_global_as_default(page));
 #endif
