@@ -16,6 +16,7 @@ git -C "$KP_LINUX" rev-parse -q --verify kp-base >/dev/null 2>&1 ||
 PATCHES=${KP_PATCHES:-$KP_TOP/patches}
 export GIT_COMMITTER_NAME=${GIT_COMMITTER_NAME:-kvm-protmem workbench}
 export GIT_COMMITTER_EMAIL=${GIT_COMMITTER_EMAIL:-workbench@kvm-protmem.invalid}
+. "$KP_TOP/scripts/series.conf"
 
 kp_timer_start
 cd "$KP_LINUX" || exit 1
@@ -47,5 +48,11 @@ for p in "$PATCHES"/*.patch; do
 	cat "$KP_LOGS/apply.last" >>"$KP_LOGS/apply.log"
 done
 git rev-parse HEAD >"$KP_TREE/applied"
+# Commits made in the Debian work tree are the series' own: give them its
+# identity (a KERNEL_SRC repository keeps its owner's configuration).
+if [ -z "${KERNEL_SRC:-}" ]; then
+	git config user.name "$KP_AUTHOR_NAME"
+	git config user.email "$KP_AUTHOR_EMAIL"
+fi
 [ $n = 0 ] && kp_say "patches/ is empty: testing the base as it is"
 kp_say "applied $n patches onto kp-base $(git rev-parse --short kp-base); HEAD $(git rev-parse --short HEAD) ($(kp_timer_end)s)"

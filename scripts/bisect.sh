@@ -17,19 +17,13 @@ branch=$(git rev-parse --abbrev-ref HEAD)
 trap 'git -C "$KP_LINUX" checkout -q "$branch"' EXIT
 
 n=0
-failed=0
 for c in $(git rev-list --reverse kp-base..HEAD); do
 	n=$((n + 1))
 	subject=$(git log -1 --format=%s "$c")
 	git checkout -q "$c" || kp_die "cannot check out $c"
 	kp_timer_start
-	if KP_CONFIG_ALLOW_DROPPED=1 "$KP_TOP/scripts/build.sh" >>"$KP_LOGS/bisect.log" 2>&1; then
-		echo "kp: bisect: patch $n builds ($(kp_timer_end)s): $subject"
-	else
-		echo "kp: bisect: patch $n does NOT build: $subject (log: $KP_LOGS/build.log)"
-		failed=$((failed + 1))
-		break
-	fi
+	KP_CONFIG_ALLOW_DROPPED=1 "$KP_TOP/scripts/build.sh" >>"$KP_LOGS/bisect.log" 2>&1 ||
+		kp_die "patch $n does not build on its own: $subject" "$KP_LOGS/build.log"
+	echo "kp: bisect: patch $n builds ($(kp_timer_end)s): $subject"
 done
-[ $failed = 0 ] || kp_die "patch $n of the series does not build on its own"
 kp_say "all $n patches build on their own"
