@@ -33,6 +33,22 @@
 #include <linux/vmstat.h>
 #include <asm/tlbflush.h>
 
+/* Pages out of the direct map now, for hibernation_available(). */
+static atomic_long_t direct_map_nr_removed;
+
+/**
+ * direct_map_removal_active - Whether any page is out of the direct map
+ *
+ * Hibernation is refused while this is true: the image would be made
+ * through the direct map, or would write the removed memory to disk.
+ *
+ * Return: true if pages removed by this API have not all been restored.
+ */
+bool direct_map_removal_active(void)
+{
+	return atomic_long_read(&direct_map_nr_removed) > 0;
+}
+
 #ifdef CONFIG_FAIL_DIRECT_MAP
 static DECLARE_FAULT_ATTR(fail_direct_map);
 
@@ -137,6 +153,7 @@ int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
 	batch->start = min(batch->start, addr);
 	batch->end = max(batch->end, addr + (nr << PAGE_SHIFT));
 	batch->nr_pages += nr;
+	atomic_long_add(nr, &direct_map_nr_removed);
 	count_vm_events(DIRECT_MAP_REMOVED, nr);
 	return 0;
 }
@@ -207,6 +224,7 @@ void direct_map_restore(struct page *page, unsigned long nr)
 		return;
 
 	__direct_map_restore(page_to_pfn(page), nr);
+	atomic_long_sub(nr, &direct_map_nr_removed);
 	count_vm_events(DIRECT_MAP_RESTORED, nr);
 }
 EXPORT_SYMBOL_FOR_MODULES(direct_map_restore, "kvm");

@@ -255,6 +255,7 @@ static void direct_map_test_injected_failure(struct kunit *test)
 {
 	struct page *page = alloc_pages(GFP_KERNEL | __GFP_NOWARN, PMD_ORDER + 1);
 	struct dm_counts a, b;
+	long active;
 	int ret;
 
 	if (!page)
@@ -271,8 +272,10 @@ static void direct_map_test_injected_failure(struct kunit *test)
 	kunit_skip(test, "needs CONFIG_FAIL_DIRECT_MAP");
 #endif
 	dm_read_counts(test, &a);
+	active = atomic_long_read(&direct_map_nr_removed);
 	ret = direct_map_remove(page, 2 * DM_PMD_NR);
 	dm_read_counts(test, &b);
+	KUNIT_EXPECT_EQ(test, atomic_long_read(&direct_map_nr_removed), active);
 #ifdef CONFIG_FAIL_DIRECT_MAP
 	fail_direct_map.probability = 0;
 #endif
@@ -282,6 +285,22 @@ static void direct_map_test_injected_failure(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, b.removed - a.removed, 0);
 	KUNIT_EXPECT_EQ(test, b.flushes - a.flushes, 0);
 	__free_pages(page, PMD_ORDER + 1);
+}
+
+/* What hibernation_available() asks: removed pages are counted until restored. */
+static void direct_map_test_active(struct kunit *test)
+{
+	struct page *page = alloc_page(GFP_KERNEL);
+	long before = atomic_long_read(&direct_map_nr_removed);
+
+	KUNIT_ASSERT_NOT_NULL(test, page);
+	KUNIT_ASSERT_EQ(test, direct_map_remove(page, 1), 0);
+	KUNIT_EXPECT_EQ(test, atomic_long_read(&direct_map_nr_removed),
+			before + 1);
+	KUNIT_EXPECT_TRUE(test, direct_map_removal_active());
+	direct_map_restore(page, 1);
+	KUNIT_EXPECT_EQ(test, atomic_long_read(&direct_map_nr_removed), before);
+	__free_page(page);
 }
 
 static void direct_map_test_bad_input(struct kunit *test)
@@ -303,6 +322,7 @@ static struct kunit_case direct_map_test_cases[] = {
 	KUNIT_CASE(direct_map_test_one_page_split_collapse),
 	KUNIT_CASE(direct_map_test_batch_one_flush),
 	KUNIT_CASE(direct_map_test_injected_failure),
+	KUNIT_CASE(direct_map_test_active),
 	KUNIT_CASE(direct_map_test_bad_input),
 	{}
 };

@@ -43,6 +43,7 @@ int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
 void direct_map_batch_flush(struct direct_map_batch *batch);
 int direct_map_remove(struct page *page, unsigned long nr);
 void direct_map_restore(struct page *page, unsigned long nr);
+bool direct_map_removal_active(void);
 #else
 static inline int direct_map_batch_remove(struct direct_map_batch *batch,
 					  struct page *page, unsigned long nr)
@@ -61,6 +62,11 @@ static inline int direct_map_remove(struct page *page, unsigned long nr)
 
 static inline void direct_map_restore(struct page *page, unsigned long nr)
 {
+}
+
+static inline bool direct_map_removal_active(void)
+{
+	return false;
 }
 #endif /* CONFIG_DIRECT_MAP_REMOVAL */
 

@@ -1,0 +1,518 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * guest_memfd memory outside the host's direct map
+ * (GUEST_MEMFD_FLAG_NO_DIRECT_MAP): the ABI, what the host kernel can read,
+ * the stats, and the errors when removing memory from the direct map fails.
+ *
+ * The failures are injected with the fail_direct_map fault point
+ * (CONFIG_FAIL_DIRECT_MAP, debugfs); the host kernel's view of the memory is
+ * read from /proc/kcore (CONFIG_PROC_KCORE).  Tests that need them skip
+ * without them.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <linux/elf.h>
+#include <linux/falloc.h>
+#include <linux/kvm_para.h>
+#include <linux/sizes.h>
+
+#include "kvm_util.h"
+#include "processor.h"
+#include "test_util.h"
+#include "kselftest_harness.h"
+
+#define DATA_SLOT	10
+#define DATA_GPA	SZ_4G
+#define DATA_SIZE	SZ_2M
+#define DATA_PAGES	(DATA_SIZE / PAGE_SIZE)
+
+#define SECRET_WORDS	8
+#define SECRET_SEED	0x6b766d2d70726f74ULL	/* "kvm-prot" */
+
+#define FAIL_DIR	"/sys/kernel/debug/fail_direct_map/"
+
+/* A word of the secret; the host only ever keeps its complement. */
+static u64 secret_word(int i)
+{
+	u64 x = SECRET_SEED + i * 0x9e3779b97f4a7c15ULL;
+
+	x ^= x >> 31;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	return x ^ (x >> 29);
+}
+
+static const struct vm_shape sw_protected = {
+	.mode = VM_MODE_DEFAULT,
+	.type = KVM_X86_SW_PROTECTED_VM,
+};
+
+static const struct vm_shape default_vm = {
+	.mode = VM_MODE_DEFAULT,
+	.type = KVM_X86_DEFAULT_VM,
+};
+
+static u64 read_vmstat(const char *name)
+{
+	char key[64];
+	u64 val;
+	FILE *f = fopen("/proc/vmstat", "r");
+
+	TEST_ASSERT(f, "open /proc/vmstat");
+	while (fscanf(f, "%63s %lu", key, &val) == 2) {
+		if (!strcmp(key, name)) {
+			fclose(f);
+			return val;
+		}
+	}
+	fclose(f);
+	TEST_FAIL("no %s in /proc/vmstat", name);
+	return 0;
+}
+
+static void write_file(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY);
+
+	TEST_ASSERT(fd >= 0, "open %s", path);
+	TEST_ASSERT(write(fd, val, strlen(val)) == (ssize_t)strlen(val),
+		    "write %s to %s", val, path);
+	close(fd);
+}
+
+static bool can_inject(void)
+{
+	return !access(FAIL_DIR "times", W_OK);
+}
+
+/* Fail the nth removal from now on, once. */
+static void inject_nth(int nth)
+{
+	char buf[32];
+
+	write_file(FAIL_DIR "verbose", "0");
+	write_file(FAIL_DIR "probability", "100");
+	snprintf(buf, sizeof(buf), "%d", nth);
+	write_file(FAIL_DIR "interval", buf);
+	write_file(FAIL_DIR "times", "1");
+}
+
+static void inject_off(void)
+{
+	write_file(FAIL_DIR "times", "0");
+	write_file(FAIL_DIR "probability", "0");
+	write_file(FAIL_DIR "interval", "1");
+}
+
+static struct kvm_vm *vm_with_gmem(void *guest_code, struct kvm_vcpu **vcpu,
+				   u64 flags, int *gmem)
+{
+	struct kvm_vm *vm = vm_create_shape_with_one_vcpu(sw_protected, vcpu,
+							  guest_code);
+
+	*gmem = vm_create_guest_memfd(vm, DATA_SIZE, flags);
+	vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT, DATA_PAGES,
+		   KVM_MEM_GUEST_MEMFD, *gmem, 0);
+	virt_map(vm, DATA_GPA, DATA_GPA, DATA_PAGES);
+	return vm;
+}
+
+TEST(flags_and_caps)
+{
+	const struct vm_shape *shapes[] = { &default_vm, &sw_protected };
+	u64 sys = kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS);
+	int i;
+
+	ASSERT_TRUE(sys & GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+
+	for (i = 0; i < ARRAY_SIZE(shapes); i++) {
+		struct kvm_vm *vm = vm_create_barebones_type(shapes[i]->type);
+		u64 caps = vm_check_cap(vm, KVM_CAP_GUEST_MEMFD_FLAGS);
+		int fd;
+
+		ASSERT_TRUE(caps & GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+
+		fd = __vm_create_guest_memfd(vm, DATA_SIZE, 0);
+		ASSERT_GE(fd, 0);
+		close(fd);
+		fd = __vm_create_guest_memfd(vm, DATA_SIZE,
+					     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+		ASSERT_GE(fd, 0);
+		close(fd);
+
+		/* The host must not be able to map the memory. */
+		fd = __vm_create_guest_memfd(vm, DATA_SIZE,
+					     GUEST_MEMFD_FLAG_NO_DIRECT_MAP |
+					     GUEST_MEMFD_FLAG_MMAP);
+		ASSERT_EQ(fd, -1);
+		ASSERT_EQ(errno, EINVAL);
+		fd = __vm_create_guest_memfd(vm, DATA_SIZE,
+					     GUEST_MEMFD_FLAG_NO_DIRECT_MAP |
+					     GUEST_MEMFD_FLAG_MMAP |
+					     GUEST_MEMFD_FLAG_INIT_SHARED);
+		ASSERT_EQ(fd, -1);
+		ASSERT_EQ(errno, EINVAL);
+
+		/* Unknown flags and bad sizes. */
+		fd = __vm_create_guest_memfd(vm, DATA_SIZE,
+					     GUEST_MEMFD_FLAG_NO_DIRECT_MAP |
+					     (1ULL << 63));
+		ASSERT_EQ(fd, -1);
+		ASSERT_EQ(errno, EINVAL);
+		fd = __vm_create_guest_memfd(vm, PAGE_SIZE + 1,
+					     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+		ASSERT_EQ(fd, -1);
+		ASSERT_EQ(errno, EINVAL);
+		fd = __vm_create_guest_memfd(vm, 0,
+					     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+		ASSERT_EQ(fd, -1);
+		ASSERT_EQ(errno, EINVAL);
+
+		kvm_vm_free(vm);
+	}
+}
+
+/*
+ * Scan the host's direct map, through /proc/kcore, for the secret.  The RAM
+ * segments of kcore are the PT_LOAD headers with a physical address below
+ * the kernel image.  A page that is not mapped reads as zeroes.
+ */
+static bool kcore_has_secret(void)
+{
+	const size_t chunk = SZ_1M;
+	u64 want[SECRET_WORDS];
+	struct elf64_hdr eh;
+	bool found = false;
+	u8 *buf;
+	int fd, i;
+
+	for (i = 0; i < SECRET_WORDS; i++)
+		want[i] = ~secret_word(i);
+
+	fd = open("/proc/kcore", O_RDONLY);
+	TEST_ASSERT(fd >= 0, "open /proc/kcore");
+	TEST_ASSERT(pread(fd, &eh, sizeof(eh), 0) == sizeof(eh), "kcore ehdr");
+	buf = malloc(chunk);
+	TEST_ASSERT(buf, "malloc");
+
+	for (i = 0; i < eh.e_phnum && !found; i++) {
+		struct elf64_phdr ph;
+		u64 off;
+
+		TEST_ASSERT(pread(fd, &ph, sizeof(ph),
+				  eh.e_phoff + i * sizeof(ph)) == sizeof(ph),
+			    "kcore phdr");
+		if (ph.p_type != PT_LOAD || ph.p_paddr == (u64)-1 ||
+		    ph.p_vaddr >= 0xffffffff80000000ULL)
+			continue;
+
+		for (off = 0; off < ph.p_filesz && !found; off += chunk) {
+			size_t len = min_t(u64, chunk, ph.p_filesz - off);
+			ssize_t r = pread(fd, buf, len, ph.p_offset + off);
+			size_t j;
+
+			TEST_ASSERT(r == (ssize_t)len, "kcore read");
+			for (j = 0; j + sizeof(want) <= len; j += 64) {
+				u64 *w = (u64 *)(buf + j);
+				int k;
+
+				for (k = 0; k < SECRET_WORDS; k++)
+					if (w[k] != ~want[k])
+						break;
+				if (k == SECRET_WORDS) {
+					found = true;
+					break;
+				}
+			}
+		}
+	}
+	/* Do not leave the secret around in this process. */
+	memset(buf, 0, chunk);
+	free(buf);
+	close(fd);
+	return found;
+}
+
+static void guest_write_secret(void)
+{
+	u64 *p = (u64 *)DATA_GPA;
+	int i;
+
+	for (i = 0; i < SECRET_WORDS; i++)
+		p[i] = secret_word(i);
+	GUEST_SYNC(1);
+	for (i = 0; i < SECRET_WORDS; i++)
+		GUEST_ASSERT_EQ(p[i], secret_word(i));
+	GUEST_DONE();
+}
+
+static void run_until(struct kvm_vcpu *vcpu, u64 want)
+{
+	struct ucall uc;
+
+	vcpu_run(vcpu);
+	TEST_ASSERT_KVM_EXIT_REASON(vcpu, KVM_EXIT_IO);
+	switch (get_ucall(vcpu, &uc)) {
+	case UCALL_ABORT:
+		REPORT_GUEST_ASSERT(uc);
+		break;
+	default:
+		TEST_ASSERT(uc.cmd == want, "ucall %lu, wanted %lu", uc.cmd, want);
+	}
+}
+
+/*
+ * The guest writes a secret to private memory.  Without the flag the host
+ * kernel finds it in its direct map (which shows that the scan works); with
+ * the flag it does not, and the guest still reads its secret back.
+ */
+static void secret_test(u64 flags, bool visible)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem;
+
+	vm = vm_with_gmem(guest_write_secret, &vcpu, flags, &gmem);
+	vm_mem_set_private(vm, DATA_GPA, DATA_SIZE);
+
+	run_until(vcpu, UCALL_SYNC);
+	TEST_ASSERT_EQ(kcore_has_secret(), visible);
+	run_until(vcpu, UCALL_DONE);
+
+	close(gmem);
+	kvm_vm_free(vm);
+	/*
+	 * Pages that leave a NO_DIRECT_MAP guest_memfd are zeroed as they are
+	 * mapped again (plain guest_memfd leaves that to the page allocator).
+	 */
+	if (flags & GUEST_MEMFD_FLAG_NO_DIRECT_MAP)
+		TEST_ASSERT_EQ(kcore_has_secret(), false);
+}
+
+TEST(secret_visible_without_flag)
+{
+	if (access("/proc/kcore", R_OK))
+		SKIP(return, "no /proc/kcore (CONFIG_PROC_KCORE)");
+	secret_test(0, true);
+}
+
+TEST(secret_not_in_direct_map)
+{
+	if (access("/proc/kcore", R_OK))
+		SKIP(return, "no /proc/kcore (CONFIG_PROC_KCORE)");
+	secret_test(GUEST_MEMFD_FLAG_NO_DIRECT_MAP, false);
+}
+
+static void guest_nothing(void)
+{
+	GUEST_DONE();
+}
+
+/*
+ * fallocate() removes the whole range with one TLB flush; punching a hole
+ * and closing the guest_memfd restore it; the VM's stats and /proc/vmstat
+ * agree.
+ */
+TEST(stats_follow_the_page_cache)
+{
+	u64 removed0 = read_vmstat("direct_map_removed");
+	u64 restored0 = read_vmstat("direct_map_restored");
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem;
+
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_removals), DATA_PAGES);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
+	ASSERT_EQ(read_vmstat("direct_map_removed") - removed0, DATA_PAGES);
+
+	/* Already there: nothing to do. */
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_removals), DATA_PAGES);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
+
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			    0, DATA_SIZE / 2), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES / 2);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_restores), DATA_PAGES / 2);
+
+	/* Closing the last file restores the rest, while the VM lives. */
+	vm_mem_region_delete(vm, DATA_SLOT);
+	close(gmem);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_restores), DATA_PAGES);
+	kvm_vm_free(vm);
+
+	ASSERT_EQ(read_vmstat("direct_map_removed") - removed0, DATA_PAGES);
+	ASSERT_EQ(read_vmstat("direct_map_restored") - restored0, DATA_PAGES);
+}
+
+/*
+ * A removal that fails in the middle of a request: fallocate() gets ENOMEM,
+ * nothing of the request stays allocated or removed, and the next try works.
+ */
+TEST(fallocate_enomem)
+{
+	u64 removed0 = read_vmstat("direct_map_removed");
+	u64 restored0 = read_vmstat("direct_map_restored");
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, nth;
+
+	if (!can_inject())
+		SKIP(return, "no " FAIL_DIR " (CONFIG_FAIL_DIRECT_MAP)");
+
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	for (nth = 1; nth <= 3; nth++) {
+		inject_nth(nth);
+		ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, 8 * PAGE_SIZE), -1);
+		ASSERT_EQ(errno, ENOMEM);
+		inject_off();
+		ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+		ASSERT_EQ(vm_get_stat(vm, direct_map_removals),
+			  vm_get_stat(vm, direct_map_restores));
+	}
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, 8 * PAGE_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 8);
+
+	close(gmem);
+	kvm_vm_free(vm);
+	ASSERT_EQ(read_vmstat("direct_map_removed") - removed0,
+		  read_vmstat("direct_map_restored") - restored0);
+}
+
+static void guest_touch(void)
+{
+	WRITE_ONCE(*(u64 *)DATA_GPA, 1);
+	GUEST_DONE();
+}
+
+/*
+ * A removal that fails when a vCPU faults private memory in: KVM_RUN fails
+ * with ENOMEM and a KVM_EXIT_MEMORY_FAULT for the page, and the VM goes on
+ * once the VMM runs the vCPU again.
+ */
+TEST(fault_enomem)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, r;
+
+	if (!can_inject())
+		SKIP(return, "no " FAIL_DIR " (CONFIG_FAIL_DIRECT_MAP)");
+
+	vm = vm_with_gmem(guest_touch, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	vm_mem_set_private(vm, DATA_GPA, DATA_SIZE);
+
+	inject_nth(1);
+	r = _vcpu_run(vcpu);
+	inject_off();
+	ASSERT_EQ(r, -1);
+	ASSERT_EQ(errno, ENOMEM);
+	ASSERT_EQ(vcpu->run->exit_reason, KVM_EXIT_MEMORY_FAULT);
+	ASSERT_EQ(vcpu->run->memory_fault.gpa, DATA_GPA);
+	ASSERT_TRUE(vcpu->run->memory_fault.flags & KVM_MEMORY_EXIT_FLAG_PRIVATE);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+
+	run_until(vcpu, UCALL_DONE);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 1);
+
+	close(gmem);
+	kvm_vm_free(vm);
+}
+
+#define MAP_GPA_PRIVATE_ATTR	BIT_ULL(4)	/* KVM_MAP_GPA_RANGE_ENCRYPTED */
+
+static void guest_convert(void)
+{
+	u64 ret;
+
+	/* Out of memory: the VMM says so, nothing changed. */
+	ret = __kvm_hypercall_map_gpa_range(DATA_GPA, PAGE_SIZE,
+					    MAP_GPA_PRIVATE_ATTR);
+	GUEST_ASSERT_EQ(ret, -KVM_ENOMEM);
+	/* A range outside guest memory. */
+	ret = __kvm_hypercall_map_gpa_range(DATA_GPA + DATA_SIZE, PAGE_SIZE,
+					    MAP_GPA_PRIVATE_ATTR);
+	GUEST_ASSERT_EQ(ret, -KVM_EINVAL);
+	/* And again, with memory. */
+	ret = __kvm_hypercall_map_gpa_range(DATA_GPA, PAGE_SIZE,
+					    MAP_GPA_PRIVATE_ATTR);
+	GUEST_ASSERT_EQ(ret, 0);
+	WRITE_ONCE(*(u64 *)DATA_GPA, 0x1234);
+	GUEST_ASSERT_EQ(READ_ONCE(*(u64 *)DATA_GPA), 0x1234);
+	GUEST_DONE();
+}
+
+/*
+ * The VMM side of KVM_HC_MAP_GPA_RANGE for memory outside the direct map, as
+ * Documentation/virt/kvm/x86/hypercalls.rst describes it: allocate the
+ * private memory first (fallocate), and only then change the attributes;
+ * ENOMEM goes back to the guest as -KVM_ENOMEM, a range outside guest memory
+ * as -KVM_EINVAL.
+ */
+static u64 vmm_map_gpa_range(struct kvm_vm *vm, int gmem, u64 gpa, u64 npages)
+{
+	u64 size = npages * PAGE_SIZE;
+
+	if (gpa < DATA_GPA || gpa + size > DATA_GPA + DATA_SIZE || gpa + size < gpa)
+		return -KVM_EINVAL;
+	if (fallocate(gmem, FALLOC_FL_KEEP_SIZE, gpa - DATA_GPA, size))
+		return errno == ENOMEM ? -KVM_ENOMEM : -KVM_EINVAL;
+	vm_mem_set_private(vm, gpa, size);
+	return 0;
+}
+
+TEST(map_gpa_range_enomem)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, calls = 0;
+	struct ucall uc;
+
+	if (!can_inject())
+		SKIP(return, "no " FAIL_DIR " (CONFIG_FAIL_DIRECT_MAP)");
+
+	vm = vm_with_gmem(guest_convert, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	vm_enable_cap(vm, KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE);
+
+	for (;;) {
+		struct kvm_run *run = vcpu->run;
+
+		vcpu_run(vcpu);
+		if (run->exit_reason == KVM_EXIT_HYPERCALL) {
+			ASSERT_EQ(run->hypercall.nr, KVM_HC_MAP_GPA_RANGE);
+			if (calls++ == 0)
+				inject_nth(1);
+			run->hypercall.ret = vmm_map_gpa_range(vm, gmem,
+							       run->hypercall.args[0],
+							       run->hypercall.args[1]);
+			inject_off();
+			continue;
+		}
+		TEST_ASSERT_KVM_EXIT_REASON(vcpu, KVM_EXIT_IO);
+		if (get_ucall(vcpu, &uc) == UCALL_ABORT)
+			REPORT_GUEST_ASSERT(uc);
+		ASSERT_EQ(uc.cmd, UCALL_DONE);
+		break;
+	}
+	ASSERT_EQ(calls, 3);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 1);
+
+	close(gmem);
+	kvm_vm_free(vm);
+}
+
+TEST_HARNESS_MAIN
