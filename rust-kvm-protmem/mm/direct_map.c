@@ -107,6 +107,7 @@ static void __direct_map_restore(unsigned long pfn, unsigned long nr)
  * them are removed, or none is.  The caller must call
  * direct_map_batch_flush() before it relies on the pages being unreachable,
  * and direct_map_restore() on the same range before it frees the pages.
+ * The large mappings the removal splits are added to @batch->nr_splits.
  *
  * Context: Process context; may sleep (splitting allocates).  The caller
  * must own the pages and keep anyone else from changing their direct
@@ -120,7 +121,8 @@ int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
 			    unsigned long nr)
 {
 	unsigned long pfn = page_to_pfn(page);
-	unsigned long addr, done, n;
+	unsigned long addr, done, n, splits = 0;
+	unsigned int n_splits;
 	int ret = 0;
 
 	might_sleep();
@@ -136,9 +138,11 @@ int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
 			ret = -ENOMEM;
 			break;
 		}
+		n_splits = direct_map_splits_needed(pfn_to_page(pfn + done), n);
 		ret = set_direct_map_valid_noflush(pfn_to_page(pfn + done), n, false);
 		if (ret)
 			break;
+		splits += n_splits;
 	}
 	if (ret) {
 		/*
@@ -153,6 +157,7 @@ int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
 	batch->start = min(batch->start, addr);
 	batch->end = max(batch->end, addr + (nr << PAGE_SHIFT));
 	batch->nr_pages += nr;
+	batch->nr_splits += splits;
 	atomic_long_add(nr, &direct_map_nr_removed);
 	count_vm_events(DIRECT_MAP_REMOVED, nr);
 	return 0;

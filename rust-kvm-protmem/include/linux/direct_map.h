@@ -18,6 +18,7 @@ struct page;
  * @start: lowest direct-map address removed since the last flush
  * @end: end of the highest range removed since the last flush
  * @nr_pages: number of pages removed since the last flush
+ * @nr_splits: number of large (1G, 2M) mappings those removals split
  *
  * Initialise with direct_map_batch_init(), add ranges with
  * direct_map_batch_remove(), and always end with direct_map_batch_flush():
@@ -28,6 +29,7 @@ struct direct_map_batch {
 	unsigned long start;
 	unsigned long end;
 	unsigned long nr_pages;
+	unsigned long nr_splits;
 };
 
 static inline void direct_map_batch_init(struct direct_map_batch *batch)
@@ -35,6 +37,7 @@ static inline void direct_map_batch_init(struct direct_map_batch *batch)
 	batch->start = ULONG_MAX;
 	batch->end = 0;
 	batch->nr_pages = 0;
+	batch->nr_splits = 0;
 }
 
 #ifdef CONFIG_DIRECT_MAP_REMOVAL

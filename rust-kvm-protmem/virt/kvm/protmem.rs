@@ -113,8 +113,9 @@ struct Protmem {
 }
 
 impl Protmem {
-    /// Counts `nr` pages removed with one TLB flush (none when `nr` is 0).
-    fn removed(&self, nr: usize) {
+    /// Counts `nr` pages removed with one TLB flush (none when `nr` is 0), which split `splits`
+    /// large mappings of the direct map.
+    fn removed(&self, nr: usize, splits: usize) {
         if nr == 0 {
             return;
         }
@@ -127,6 +128,7 @@ impl Protmem {
                 StatsPtr::add(&raw mut (*p).direct_map_pages, nr as u64);
                 StatsPtr::add(&raw mut (*p).direct_map_removals, nr as u64);
                 StatsPtr::add(&raw mut (*p).direct_map_flushes, 1);
+                StatsPtr::add(&raw mut (*p).direct_map_splits, splits as u64);
             }
         }
     }
@@ -269,9 +271,9 @@ unsafe fn populate(
     })();
 
     // One TLB flush for everything removed above, before any of it can be reached.
-    let nr = batch.nr_pages();
+    let (nr, splits) = (batch.nr_pages(), batch.nr_splits());
     batch.flush();
-    pm.removed(nr);
+    pm.removed(nr, splits);
 
     if let Err(e) = removed {
         for (_, r) in new {

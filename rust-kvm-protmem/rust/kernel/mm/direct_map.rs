@@ -236,6 +236,11 @@ impl Batch {
         self.raw.nr_pages
     }
 
+    /// Returns the number of large (1G, 2M) mappings that the removals not flushed yet split.
+    pub fn nr_splits(&self) -> usize {
+        self.raw.nr_splits
+    }
+
     /// Flushes the TLBs of all CPUs, once, for every range removed through the batch.
     ///
     /// Dropping the batch does the same; this only makes the point visible.

@@ -312,15 +312,28 @@ static void guest_nothing(void)
 	GUEST_DONE();
 }
 
+static u64 splits(void)
+{
+	return read_vmstat("direct_map_level2_splits") +
+	       read_vmstat("direct_map_level3_splits");
+}
+
+static u64 collapses(void)
+{
+	return read_vmstat("direct_map_level2_collapses") +
+	       read_vmstat("direct_map_level3_collapses");
+}
+
 /*
  * fallocate() removes the whole range with one TLB flush; punching a hole
  * and closing the guest_memfd restore it; the VM's stats and /proc/vmstat
- * agree.
+ * agree, down to the large mappings split and collapsed again.
  */
 TEST(stats_follow_the_page_cache)
 {
 	u64 removed0 = read_vmstat("direct_map_removed");
 	u64 restored0 = read_vmstat("direct_map_restored");
+	u64 splits0 = splits(), collapses0 = collapses();
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	int gmem;
@@ -334,6 +347,7 @@ TEST(stats_follow_the_page_cache)
 	ASSERT_EQ(vm_get_stat(vm, direct_map_removals), DATA_PAGES);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
 	ASSERT_EQ(read_vmstat("direct_map_removed") - removed0, DATA_PAGES);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_splits), splits() - splits0);
 
 	/* Already there: nothing to do. */
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
@@ -354,6 +368,8 @@ TEST(stats_follow_the_page_cache)
 
 	ASSERT_EQ(read_vmstat("direct_map_removed") - removed0, DATA_PAGES);
 	ASSERT_EQ(read_vmstat("direct_map_restored") - restored0, DATA_PAGES);
+	/* Every large mapping the removals split is whole again. */
+	ASSERT_EQ(collapses() - collapses0, splits() - splits0);
 }
 
 /*
