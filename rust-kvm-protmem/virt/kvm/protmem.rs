@@ -93,10 +93,11 @@ impl StatsPtr {
     ///
     /// # Safety
     ///
-    /// `field` must point into the stats that `self` points to.
+    /// `field` must point to one of the counters of a `StatsPtr` whose VM is alive for the
+    /// duration of the call.
     unsafe fn add(field: *mut u64, delta: u64) {
-        // SAFETY: `field` is valid, aligned, and only changed with atomic operations while the
-        // component owns the counter.
+        // SAFETY: `field` is valid and aligned (a `u64` field of the stats) by the safety
+        // requirements; the component changes these counters only with atomic operations.
         unsafe { Atomic::<u64>::from_ptr(field) }.add(delta, Relaxed);
     }
 }
