@@ -79,5 +79,10 @@ KP_STEP=results
 python3 "$KP_TOP/scripts/ktap-summary.py" --finished "$finished" \
 	--console "$KP_RUN/console.log" "$KP_RUN/results.ktap" | tee "$KP_RUN/summary.txt"
 src=${PIPESTATUS[0]}
+# The fragmentation benchmark's figures, when it ran: CSV, table and plot.
+rm -f "$KP_RUN"/bench.*
+python3 "$KP_TOP/scripts/bench-plot.py" "$KP_RUN/results.ktap" "$KP_RUN" >/dev/null &&
+	[ -f "$KP_RUN/bench.txt" ] &&
+	kp_say "benchmark: $KP_RUN/bench.{csv,txt,svg}; $(grep '^Targets' "$KP_RUN/bench.txt")"
 [ "$finished" = yes ] && [ $rc = 0 ] || kp_die "the run did not finish" "$KP_RUN/console.log"
 [ "$src" = 0 ] || kp_die "tests failed" "$KP_RUN/console.log"

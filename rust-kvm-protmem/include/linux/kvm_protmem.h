@@ -18,6 +18,7 @@
 
 struct folio;
 struct inode;
+struct page;
 
 /* One per guest_memfd inode created with GUEST_MEMFD_FLAG_NO_DIRECT_MAP. */
 struct kvm_protmem;
@@ -28,12 +29,14 @@ struct kvm_protmem *kvm_protmem_create(struct kvm_vm_stat_generic *stats);
 void kvm_protmem_detach(struct kvm_protmem *pm);
 void kvm_protmem_put(struct kvm_protmem *pm);
 int kvm_protmem_populate(struct kvm_protmem *pm, struct inode *inode,
-			 pgoff_t start, pgoff_t end);
-void kvm_protmem_free_folio(void *owner, struct folio *folio);
+			 pgoff_t start, pgoff_t end, pgoff_t size, bool blocks);
+void kvm_protmem_free_folio(void *owner);
 
 /* Implemented in virt/kvm/guest_memfd.c, for the Rust side. */
-bool kvm_gmem_has_folio(struct inode *inode, pgoff_t index);
-struct folio *kvm_gmem_alloc_folio(struct inode *inode, pgoff_t index);
+bool kvm_gmem_has_folio(struct inode *inode, pgoff_t start, pgoff_t end);
+struct page *kvm_gmem_alloc_pages(struct inode *inode, pgoff_t index,
+				  unsigned int order);
+void kvm_gmem_free_pages(struct page *page, unsigned long nr);
 int kvm_gmem_insert_folio(struct inode *inode, struct folio *folio,
 			  pgoff_t index, void *owner);
 #else
@@ -54,7 +57,7 @@ static inline void kvm_protmem_put(struct kvm_protmem *pm)
 
 static inline int kvm_protmem_populate(struct kvm_protmem *pm,
 				       struct inode *inode, pgoff_t start,
-				       pgoff_t end)
+				       pgoff_t end, pgoff_t size, bool blocks)
 {
 	return -EOPNOTSUPP;
 }

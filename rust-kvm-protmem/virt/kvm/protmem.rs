@@ -3,10 +3,15 @@
 //! guest_memfd memory that is not in the host's direct map.
 //!
 //! A guest_memfd created with `GUEST_MEMFD_FLAG_NO_DIRECT_MAP` keeps every page of its page cache
-//! off the host kernel's direct map. A folio is zeroed and removed before it enters the page cache
-//! ([`kvm_protmem_populate`]) and is mapped again when it leaves it
-//! ([`kvm_protmem_free_folio`]); the page cache never holds a folio that is still mapped, and
-//! nothing frees a folio that is still removed.
+//! off the host kernel's direct map. Pages are zeroed and removed before they enter the page
+//! cache ([`kvm_protmem_populate`]), and are mapped again, zeroed and freed once they have all
+//! left it ([`kvm_protmem_free_folio`]): the page cache never holds a page that is still mapped,
+//! and nothing frees a page that is still removed.
+//!
+//! Pages are removed in [`Block`]s: 2 MiB of naturally aligned memory for a naturally aligned
+//! 2 MiB range of the file, so that the direct map's 2 MiB mapping of the block is removed and
+//! restored whole, never split; or a single page when no 2 MiB block can be had or the range is
+//! partly in use already.
 //!
 //! This file is linked into kvm.ko next to `guest_memfd.c`, which calls the functions below; both
 //! sides are declared in `include/linux/kvm_protmem.h`. The direct map is changed only through
@@ -14,7 +19,7 @@
 //!
 //! See `Documentation/virt/kvm/protected-memory.rst`.
 
-use core::ptr::NonNull;
+use core::{mem::ManuallyDrop, ptr::NonNull};
 use kernel::{
     alloc::KVVec,
     bindings,
@@ -24,57 +29,107 @@ use kernel::{
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
-        Arc, ArcBorrow, SpinLock,
+        Arc, ArcBorrow, SpinLock, UniqueArc,
     },
     types::ForeignOwnable,
 };
 
-/// A reference to a folio of a guest_memfd.
+/// The order of a [`Block`] of pages: 2 MiB, the size of a PMD mapping on x86-64.
+const BLOCK_ORDER: u32 = 9;
+
+/// The number of pages in a 2 MiB [`Block`].
+const BLOCK_PAGES: usize = 1 << BLOCK_ORDER;
+
+/// Physically contiguous order-0 pages of a guest_memfd, allocated together.
 ///
 /// # Invariants
 ///
-/// `self.0` points to a folio of which this value owns one reference.
-struct GmemFolio(NonNull<bindings::folio>);
+/// `first` is the first of `nr` physically contiguous order-0 pages, 1 or [`BLOCK_PAGES`],
+/// zeroed when they were allocated; this value holds one reference to each of them.
+struct Pages {
+    first: NonNull<bindings::page>,
+    nr: usize,
+}
 
-impl GmemFolio {
-    /// Allocates a zeroed, up-to-date folio for `index` of `inode`, not yet in the page cache.
+impl Pages {
+    /// Allocates `1 << order` zeroed pages for the range of `inode` that starts at `index`.
+    ///
+    /// Returns `None` when the memory cannot be had (without retrying hard for a 2 MiB block).
     ///
     /// # Safety
     ///
     /// `inode` must be a live guest_memfd inode.
-    unsafe fn alloc(inode: *mut bindings::inode, index: usize) -> Result<Self> {
+    unsafe fn alloc(inode: *mut bindings::inode, index: usize, order: u32) -> Option<Self> {
         // SAFETY: `inode` is a live guest_memfd inode by the safety requirements.
-        let folio = unsafe { bindings::kvm_gmem_alloc_folio(inode, index) };
+        let first = unsafe { bindings::kvm_gmem_alloc_pages(inode, index, order) };
 
-        // INVARIANT: `kvm_gmem_alloc_folio()` returns a new reference, or NULL.
-        Ok(Self(NonNull::new(folio).ok_or(ENOMEM)?))
-    }
-
-    fn as_ptr(&self) -> *mut bindings::folio {
-        self.0.as_ptr()
+        // INVARIANT: `kvm_gmem_alloc_pages()` returns `1 << order` zeroed order-0 pages, with a
+        // reference to each, or NULL.
+        NonNull::new(first).map(|first| Self {
+            first,
+            nr: 1 << order,
+        })
     }
 }
 
-impl Drop for GmemFolio {
+impl Drop for Pages {
     fn drop(&mut self) {
-        // SAFETY: By the type invariant this value owns one reference to the folio.
-        unsafe { bindings::folio_put(self.as_ptr()) };
+        // SAFETY: By the type invariant this value holds a reference to each of the pages; they
+        // are mapped again (a `Pages` is dropped removed only by `Removed`, which maps it first).
+        unsafe { bindings::kvm_gmem_free_pages(self.first.as_ptr(), self.nr) };
     }
 }
 
-// SAFETY: A folio is physically contiguous, starts with its first page, and is not freed while a
-// reference to it exists. A `GmemFolio` is only created for a folio that is not in the page cache
-// yet (nobody else can reach it) or, by `kvm_protmem_free_folio()`, for a folio that the page
-// cache is letting go of; guest_memfd changes no folio's direct mapping itself.
-unsafe impl DirectMapPages for GmemFolio {
+// SAFETY: By the type invariant the pages are physically contiguous and this value holds a
+// reference to each of them until it is dropped; guest_memfd changes their direct mapping only
+// through the `Removed` that owns them, and frees them only through `Pages::drop`.
+unsafe impl DirectMapPages for Pages {
     fn first_page(&self) -> *mut bindings::page {
-        // A folio starts with its first page.
-        self.as_ptr().cast()
+        self.first.as_ptr()
     }
 
     fn nr_pages(&self) -> usize {
-        // SAFETY: By the type invariant the folio is alive.
-        unsafe { bindings::folio_nr_pages(self.as_ptr()) }
+        self.nr
+    }
+}
+
+/// Pages off the direct map, shared by the page-cache folios that use them.
+///
+/// Each page of the block that is in the page cache is a folio of its own, whose `private` holds
+/// a reference to the block. Pages that leave the page cache stay allocated, and removed, until
+/// the block's last page leaves it: then the block is mapped again as a whole (a 2 MiB block as
+/// the 2 MiB mapping it was), zeroed and freed.
+///
+/// A block costs 40 bytes: the `Arc`'s count (8, padded), `first` (8), the `Removed` (16) and
+/// the reference to the guest_memfd's state (8).
+struct Block {
+    /// The first page, for the folios; the pages themselves are reachable only through `removed`.
+    first: NonNull<bindings::page>,
+    removed: ManuallyDrop<Removed<Pages>>,
+    pm: Arc<Protmem>,
+}
+
+impl Block {
+    /// Returns the folio of the block's page `i`.
+    fn folio(&self, i: usize) -> *mut bindings::folio {
+        // The pages are order-0, so each is a folio of its own; the `struct page`s of a buddy
+        // allocation are contiguous.
+        self.first.as_ptr().wrapping_add(i).cast()
+    }
+
+    fn nr_pages(&self) -> usize {
+        self.removed.nr_pages()
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let nr = self.nr_pages();
+
+        // SAFETY: `removed` is dropped once, here, and not used after: it maps the pages again,
+        // then `Pages::drop` zeroes and frees them.
+        unsafe { ManuallyDrop::drop(&mut self.removed) };
+        self.pm.restored(nr);
     }
 }
 
@@ -104,8 +159,8 @@ impl StatsPtr {
 
 /// The direct-map state of one guest_memfd inode: where its counters go.
 ///
-/// Every folio that the inode's page cache holds off the direct map keeps a reference to it in
-/// `folio->private`, so that [`kvm_protmem_free_folio`] can count the restore.
+/// Every [`Block`] of the inode keeps a reference to it, so that the restores of a block that
+/// outlives the inode's last file are counted, or not, safely.
 #[pin_data]
 struct Protmem {
     /// The VM's counters; `None` once the VM lets go of the guest_memfd.
@@ -145,14 +200,6 @@ impl Protmem {
                 StatsPtr::add(&raw mut (*p).direct_map_restores, nr as u64);
             }
         }
-    }
-
-    /// Maps `removed` again, counts it, and drops the folio.
-    fn restore(&self, removed: Removed<GmemFolio>) {
-        let nr = removed.nr_pages();
-
-        drop(removed.restore());
-        self.restored(nr);
     }
 }
 
@@ -206,33 +253,94 @@ pub unsafe extern "C" fn kvm_protmem_put(pm: *mut bindings::kvm_protmem) {
     drop(unsafe { <Arc<Protmem> as ForeignOwnable>::from_foreign(pm.cast()) });
 }
 
-/// Adds zeroed folios, off the direct map, for every index in `start..end` that has none.
+/// Adds zeroed pages, off the direct map, for every index in `start..end` that has none.
 ///
-/// All or nothing for the direct map: every new folio is removed, with one TLB flush for the
-/// whole range, before any of them enters the page cache. If a removal fails, no folio is added
-/// and the error (`-ENOMEM` when a large mapping could not be split) is returned. A folio that
-/// loses a race with another thread adding the same index is restored and freed.
+/// With `blocks`, an index whose naturally aligned 2 MiB range of the file (below `size`) is
+/// entirely empty gets a 2 MiB [`Block`] for the whole range; other indices, and any index when no
+/// 2 MiB block can be had, get a page of their own.
+///
+/// All or nothing for the direct map: everything is removed, with one TLB flush for the whole
+/// request, before any of it enters the page cache. If a removal fails, nothing is added and the
+/// error (`-ENOMEM` when a large mapping could not be split) is returned. A page that loses a race
+/// with another thread adding the same index stays with its block, which is freed when its last
+/// page leaves the page cache, or at once if no page of it entered.
 ///
 /// Returns 0, `-ENOMEM`, `-EINTR`, or an error of the page cache.
 ///
 /// # Safety
 ///
-/// `pm` must be the state of `inode`, a live guest_memfd inode, and may sleep.
+/// `pm` must be the state of `inode`, a live guest_memfd inode of `size` pages, and the caller
+/// may sleep.
 #[export]
 pub unsafe extern "C" fn kvm_protmem_populate(
     pm: *mut bindings::kvm_protmem,
     inode: *mut bindings::inode,
     start: usize,
     end: usize,
+    size: usize,
+    blocks: bool,
 ) -> c_int {
     // SAFETY: By the safety requirements `pm` came from `into_foreign()` and is owned by the
     // inode, which outlives this call.
     let pm = unsafe { <Arc<Protmem> as ForeignOwnable>::borrow(pm.cast()) };
-    // SAFETY: `inode` is a live guest_memfd inode by the safety requirements.
-    match unsafe { populate(pm, inode, start, end) } {
+    // SAFETY: `inode` is a live guest_memfd inode of `size` pages by the safety requirements.
+    match unsafe { populate(pm, inode, start, end, size, blocks) } {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
+}
+
+/// Returns whether `inode` has a page for any index in `start..end`.
+///
+/// # Safety
+///
+/// `inode` must be a live guest_memfd inode.
+unsafe fn has_page(inode: *mut bindings::inode, start: usize, end: usize) -> bool {
+    // SAFETY: `inode` is a live guest_memfd inode by the safety requirements.
+    unsafe { bindings::kvm_gmem_has_folio(inode, start, end) }
+}
+
+/// Allocates and removes (without flushing) the block for `index`; see [`kvm_protmem_populate`].
+///
+/// Returns the block and the index of its first page.
+///
+/// # Safety
+///
+/// As for [`kvm_protmem_populate`].
+unsafe fn new_block(
+    pm: ArcBorrow<'_, Protmem>,
+    inode: *mut bindings::inode,
+    batch: &mut Batch,
+    index: usize,
+    size: usize,
+    blocks: bool,
+) -> Result<(usize, Arc<Block>)> {
+    // Room first: removed pages must not be dropped uncounted.
+    let block = UniqueArc::new_uninit(GFP_KERNEL)?;
+    let base = index & !(BLOCK_PAGES - 1);
+    let whole = blocks
+        && base + BLOCK_PAGES <= size
+        // SAFETY: `inode` is a live guest_memfd inode.
+        && !unsafe { has_page(inode, base, base + BLOCK_PAGES) };
+
+    // SAFETY: `inode` is a live guest_memfd inode.
+    let (first, pages) = match whole.then(|| unsafe { Pages::alloc(inode, base, BLOCK_ORDER) }) {
+        Some(Some(pages)) => (base, pages),
+        // SAFETY: `inode` is a live guest_memfd inode.
+        _ => (
+            index,
+            unsafe { Pages::alloc(inode, index, 0) }.ok_or(ENOMEM)?,
+        ),
+    };
+    let page = pages.first;
+    let removed = batch.remove(pages)?;
+    let block = block.write(Block {
+        first: page,
+        removed: ManuallyDrop::new(removed),
+        pm: pm.into(),
+    });
+
+    Ok((first, block.into()))
 }
 
 /// See [`kvm_protmem_populate`].
@@ -245,26 +353,30 @@ unsafe fn populate(
     inode: *mut bindings::inode,
     start: usize,
     end: usize,
+    size: usize,
+    blocks: bool,
 ) -> Result {
-    let mut new: KVVec<(usize, Removed<GmemFolio>)> = KVVec::new();
+    let mut new: KVVec<(usize, Arc<Block>)> = KVVec::new();
     let mut batch = Batch::new();
 
     let removed = (|| -> Result {
-        for index in start..end {
+        let mut index = start;
+
+        while index < end {
             if current!().signal_pending() {
                 return Err(EINTR);
             }
             // SAFETY: `inode` is a live guest_memfd inode.
-            if unsafe { bindings::kvm_gmem_has_folio(inode, index) } {
+            if unsafe { has_page(inode, index, index + 1) } {
+                index += 1;
                 continue;
             }
-            // Room first: a removed folio must not be dropped uncounted.
             new.reserve(1, GFP_KERNEL)?;
-            // SAFETY: `inode` is a live guest_memfd inode.
-            let folio = unsafe { GmemFolio::alloc(inode, index) }?;
-            let removed = batch.remove(folio)?;
-            if new.push_within_capacity((index, removed)).is_err() {
-                // Cannot happen: there is room for one more.
+            // SAFETY: As for this function.
+            let (first, block) = unsafe { new_block(pm, inode, &mut batch, index, size, blocks) }?;
+            index = first + block.nr_pages();
+            if new.push_within_capacity((first, block)).is_err() {
+                // Cannot happen: there is room for one more, and the block is restored if so.
                 return Err(ENOMEM);
             }
         }
@@ -276,64 +388,48 @@ unsafe fn populate(
     batch.flush();
     pm.removed(nr, splits);
 
-    if let Err(e) = removed {
-        for (_, r) in new {
-            pm.restore(r);
-        }
-        return Err(e);
-    }
+    // On error the blocks are restored and freed as `new` is dropped.
+    removed?;
 
     let mut ret = Ok(());
-    for (index, r) in new {
+    for (first, block) in new {
+        for i in 0..block.nr_pages() {
+            let owner = block.clone().into_foreign();
+            // SAFETY: `inode` is a live guest_memfd inode; the folio is a new order-0 page of the
+            // block, off the direct map and not in any page cache; `owner` is a reference to the
+            // block for the folio to keep in `private`.
+            let err =
+                unsafe { bindings::kvm_gmem_insert_folio(inode, block.folio(i), first + i, owner) };
+            if err != 0 {
+                // SAFETY: The insertion failed, so the folio did not keep `owner`.
+                drop(unsafe { <Arc<Block> as ForeignOwnable>::from_foreign(owner) });
+                if err != -(bindings::EEXIST as c_int) {
+                    ret = to_result(err);
+                    break;
+                }
+            }
+        }
         if ret.is_err() {
-            pm.restore(r);
-            continue;
+            break;
         }
-        let owner = Arc::from(pm).into_foreign();
-        // The page cache takes the folio over, still removed: `kvm_protmem_free_folio()` gets
-        // it back.
-        let folio = r.into_raw();
-        // SAFETY: `inode` is a live guest_memfd inode; `folio` is a new folio of which we own a
-        // reference, locked by nobody; `owner` is a reference to `pm` for the folio to keep.
-        let err = unsafe { bindings::kvm_gmem_insert_folio(inode, folio.as_ptr(), index, owner) };
-        if err == 0 {
-            // The page cache holds its own reference now.
-            drop(folio);
-            continue;
-        }
-        // SAFETY: The insertion failed, so the folio did not keep `owner`.
-        drop(unsafe { <Arc<Protmem> as ForeignOwnable>::from_foreign(owner) });
-        // SAFETY: `folio` came from `into_raw()` just above and was not mapped again.
-        pm.restore(unsafe { Removed::from_raw(folio) });
-        if err != -(bindings::EEXIST as c_int) {
-            ret = to_result(err);
-        }
+        // Dropping the last reference restores and frees a block that no page of got in.
     }
     ret
 }
 
-/// Maps a folio that leaves the page cache again and counts it.
+/// Lets go of a folio that leaves the page cache.
 ///
-/// Called from guest_memfd's `->free_folio()` for folios whose `private` is set; the caller
-/// zeroes the folio and clears `private` afterwards.
+/// Called from guest_memfd's `->free_folio()` for folios whose `private` is set. When it was the
+/// last page of its block in the page cache, the block is mapped again, zeroed and freed; until
+/// then the page stays allocated (the block holds a reference) and removed.
 ///
 /// # Safety
 ///
-/// `owner` must be the `private` of `folio`, set by [`kvm_protmem_populate`] when the folio,
-/// removed from the direct map, entered the page cache; the page cache has just let go of it.
+/// `owner` must be the `private` of the folio, set by [`kvm_protmem_populate`] when the folio
+/// entered the page cache, and the page cache must have just let go of the folio; this is called
+/// once per folio.
 #[export]
-pub unsafe extern "C" fn kvm_protmem_free_folio(owner: *mut c_void, folio: *mut bindings::folio) {
-    // SAFETY: By the safety requirements `owner` is the reference the folio kept.
-    let pm = unsafe { <Arc<Protmem> as ForeignOwnable>::from_foreign(owner) };
-    let Some(folio) = NonNull::new(folio) else {
-        return;
-    };
-    // SAFETY: By the safety requirements the folio was removed as a whole and given up with
-    // `into_raw()`; the page cache gives it back once. `GmemFolio` stands for the page cache's
-    // reference, which the page cache drops after this returns, so it is forgotten below.
-    let removed = unsafe { Removed::from_raw(GmemFolio(folio)) };
-    let nr = removed.nr_pages();
-
-    core::mem::forget(removed.restore());
-    pm.restored(nr);
+pub unsafe extern "C" fn kvm_protmem_free_folio(owner: *mut c_void) {
+    // SAFETY: By the safety requirements `owner` is the reference to the block the folio kept.
+    drop(unsafe { <Arc<Block> as ForeignOwnable>::from_foreign(owner) });
 }

@@ -125,33 +125,6 @@ impl<P: DirectMapPages> Removed<P> {
         unsafe { ManuallyDrop::take(&mut this.pages) }
     }
 
-    /// Gives up the ownership of the pages without mapping them again.
-    ///
-    /// The pages stay off the direct map. Use this when they are handed to an owner that
-    /// restores them later, such as the page cache, which tells its user when it lets go of a
-    /// folio: that owner must turn them back into a `Removed` with [`Removed::from_raw`] and
-    /// restore them before they are freed.
-    pub fn into_raw(self) -> P {
-        let mut this = ManuallyDrop::new(self);
-
-        // SAFETY: `this` is not dropped and not used after this, so `pages` is taken only once.
-        unsafe { ManuallyDrop::take(&mut this.pages) }
-    }
-
-    /// Takes back pages that [`Removed::into_raw`] gave up.
-    ///
-    /// # Safety
-    ///
-    /// `pages` must have been returned by [`Removed::into_raw`], must describe the same range,
-    /// must not have been mapped again since, and must be taken back at most once.
-    pub unsafe fn from_raw(pages: P) -> Self {
-        // INVARIANT: by the safety requirements the range is still removed, by one removal of
-        // exactly this range.
-        Self {
-            pages: ManuallyDrop::new(pages),
-        }
-    }
-
     fn restore_mapping(&self) {
         // SAFETY: By the type invariant, this range was removed with exactly these boundaries.
         unsafe { bindings::direct_map_restore(self.pages.first_page(), self.pages.nr_pages()) };
@@ -314,20 +287,6 @@ mod tests {
         let page = Page::alloc_page(GFP_KERNEL)?;
 
         let removed = Removed::new(Lent(page.as_ptr()))?;
-        assert!(!readable(&page));
-        drop(removed);
-        assert!(readable(&page));
-        Ok(())
-    }
-
-    #[test]
-    fn raw_stays_removed() -> Result {
-        let page = Page::alloc_page(GFP_KERNEL)?;
-
-        let lent = Removed::new(Lent(page.as_ptr()))?.into_raw();
-        assert!(!readable(&page));
-        // SAFETY: `lent` came from `into_raw()` and was not mapped again.
-        let removed = unsafe { Removed::from_raw(lent) };
         assert!(!readable(&page));
         drop(removed);
         assert!(readable(&page));

@@ -7,7 +7,9 @@
  * The failures are injected with the fail_direct_map fault point
  * (CONFIG_FAIL_DIRECT_MAP, debugfs); the host kernel's view of the memory is
  * read from /proc/kcore (CONFIG_PROC_KCORE).  Tests that need them skip
- * without them.
+ * without them.  The tests of the "mode" fixture run twice: with memory
+ * removed in 2 MiB blocks (the default) and page by page
+ * (kvm.gmem_no_direct_map_blocks=N).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,13 +30,15 @@
 
 #define DATA_SLOT	10
 #define DATA_GPA	SZ_4G
-#define DATA_SIZE	SZ_2M
+#define DATA_SIZE	SZ_4M
 #define DATA_PAGES	(DATA_SIZE / PAGE_SIZE)
 
 #define SECRET_WORDS	8
 #define SECRET_SEED	0x6b766d2d70726f74ULL	/* "kvm-prot" */
 
 #define FAIL_DIR	"/sys/kernel/debug/fail_direct_map/"
+#define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
+#define BLOCK_PAGES	(SZ_2M / PAGE_SIZE)
 
 /* A word of the secret; the host only ever keeps its complement. */
 static u64 secret_word(int i)
@@ -82,6 +86,40 @@ static void write_file(const char *path, const char *val)
 	TEST_ASSERT(write(fd, val, strlen(val)) == (ssize_t)strlen(val),
 		    "write %s to %s", val, path);
 	close(fd);
+}
+
+FIXTURE(mode) {
+};
+
+FIXTURE_VARIANT(mode) {
+	bool blocks;
+};
+
+FIXTURE_VARIANT_ADD(mode, blocks) {
+	.blocks = true,
+};
+
+FIXTURE_VARIANT_ADD(mode, per_page) {
+	.blocks = false,
+};
+
+FIXTURE_SETUP(mode)
+{
+	if (access(BLOCKS_PARAM, W_OK))
+		SKIP(return, "no %s", BLOCKS_PARAM);
+	write_file(BLOCKS_PARAM, variant->blocks ? "Y" : "N");
+}
+
+FIXTURE_TEARDOWN(mode)
+{
+	if (!access(BLOCKS_PARAM, W_OK))
+		write_file(BLOCKS_PARAM, "Y");
+}
+
+/* Pages that a fault on one page brings in. */
+static u64 fault_pages(bool blocks)
+{
+	return blocks ? BLOCK_PAGES : 1;
 }
 
 static bool can_inject(void)
@@ -300,7 +338,7 @@ TEST(secret_visible_without_flag)
 	secret_test(0, true);
 }
 
-TEST(secret_not_in_direct_map)
+TEST_F(mode, secret_not_in_direct_map)
 {
 	if (access("/proc/kcore", R_OK))
 		SKIP(return, "no /proc/kcore (CONFIG_PROC_KCORE)");
@@ -327,12 +365,15 @@ static u64 collapses(void)
 /*
  * fallocate() removes the whole range with one TLB flush; punching a hole
  * and closing the guest_memfd restore it; the VM's stats and /proc/vmstat
- * agree, down to the large mappings split and collapsed again.
+ * agree, down to the large mappings split and collapsed again.  In 2 MiB
+ * blocks no 2 MiB mapping is split, and a page punched out of a block stays
+ * removed until the whole block is free.
  */
-TEST(stats_follow_the_page_cache)
+TEST_F(mode, stats_follow_the_page_cache)
 {
 	u64 removed0 = read_vmstat("direct_map_removed");
 	u64 restored0 = read_vmstat("direct_map_restored");
+	u64 l2_splits0 = read_vmstat("direct_map_level2_splits");
 	u64 splits0 = splits(), collapses0 = collapses();
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
@@ -348,6 +389,12 @@ TEST(stats_follow_the_page_cache)
 	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
 	ASSERT_EQ(read_vmstat("direct_map_removed") - removed0, DATA_PAGES);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_splits), splits() - splits0);
+	if (variant->blocks)
+		ASSERT_EQ(read_vmstat("direct_map_level2_splits"), l2_splits0);
+	TH_LOG("%s: %lu splits (level 2: %lu) for %lu pages",
+	       variant->blocks ? "blocks" : "per page",
+	       vm_get_stat(vm, direct_map_splits),
+	       read_vmstat("direct_map_level2_splits") - l2_splits0, DATA_PAGES);
 
 	/* Already there: nothing to do. */
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
@@ -358,6 +405,12 @@ TEST(stats_follow_the_page_cache)
 			    0, DATA_SIZE / 2), 0);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES / 2);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_restores), DATA_PAGES / 2);
+
+	/* One page out of the second half. */
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			    DATA_SIZE / 2 + PAGE_SIZE, PAGE_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages),
+		  DATA_PAGES / 2 - (variant->blocks ? 0 : 1));
 
 	/* Closing the last file restores the rest, while the VM lives. */
 	vm_mem_region_delete(vm, DATA_SLOT);
@@ -376,7 +429,7 @@ TEST(stats_follow_the_page_cache)
  * A removal that fails in the middle of a request: fallocate() gets ENOMEM,
  * nothing of the request stays allocated or removed, and the next try works.
  */
-TEST(fallocate_enomem)
+TEST_F(mode, fallocate_enomem)
 {
 	u64 removed0 = read_vmstat("direct_map_removed");
 	u64 restored0 = read_vmstat("direct_map_restored");
@@ -389,17 +442,17 @@ TEST(fallocate_enomem)
 
 	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
 			  &gmem);
-	for (nth = 1; nth <= 3; nth++) {
+	for (nth = 1; nth <= 2; nth++) {
 		inject_nth(nth);
-		ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, 8 * PAGE_SIZE), -1);
+		ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), -1);
 		ASSERT_EQ(errno, ENOMEM);
 		inject_off();
 		ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
 		ASSERT_EQ(vm_get_stat(vm, direct_map_removals),
 			  vm_get_stat(vm, direct_map_restores));
 	}
-	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, 8 * PAGE_SIZE), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 8);
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES);
 
 	close(gmem);
 	kvm_vm_free(vm);
@@ -418,7 +471,7 @@ static void guest_touch(void)
  * with ENOMEM and a KVM_EXIT_MEMORY_FAULT for the page, and the VM goes on
  * once the VMM runs the vCPU again.
  */
-TEST(fault_enomem)
+TEST_F(mode, fault_enomem)
 {
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
@@ -442,7 +495,7 @@ TEST(fault_enomem)
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
 
 	run_until(vcpu, UCALL_DONE);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 1);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), fault_pages(variant->blocks));
 
 	close(gmem);
 	kvm_vm_free(vm);
@@ -490,7 +543,7 @@ static u64 vmm_map_gpa_range(struct kvm_vm *vm, int gmem, u64 gpa, u64 npages)
 	return 0;
 }
 
-TEST(map_gpa_range_enomem)
+TEST_F(mode, map_gpa_range_enomem)
 {
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
@@ -525,7 +578,7 @@ TEST(map_gpa_range_enomem)
 		break;
 	}
 	ASSERT_EQ(calls, 3);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 1);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), fault_pages(variant->blocks));
 
 	close(gmem);
 	kvm_vm_free(vm);

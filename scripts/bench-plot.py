@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""Turn the "csv:" lines of gmem_no_direct_map_bench into a CSV, a table and a plot.
+
+Usage: bench-plot.py RESULTS.KTAP OUTDIR
+
+Reads the benchmark's output from the KTAP the guest wrote (the lines are
+indented there), and writes OUTDIR/bench.csv, OUTDIR/bench.txt (a Markdown
+table with the targets) and OUTDIR/bench.svg (a plot, no plotting library
+needed).  Every figure is computed from the CSV; nothing is typed in.
+Prints nothing and writes nothing when the benchmark did not run.
+"""
+import csv
+import os
+import sys
+
+FIELDS = ['mode', 'mib', 'requests', 'l2_splits', 'l3_splits', 'l2_collapses',
+          'l3_collapses', 'flushes', 'secs', 'vs_plain', 'left', 'vm_splits']
+MODES = ['plain', 'per-page', 'blocks']
+COLOURS = {'plain': '#777777', 'per-page': '#d62728', 'blocks': '#1f77b4'}
+
+
+def read(ktap):
+    rows = []
+    with open(ktap, errors='replace') as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith('csv: '):
+                continue
+            vals = line[5:].split(',')
+            if len(vals) != len(FIELDS):
+                continue
+            row = dict(zip(FIELDS, vals))
+            for k in FIELDS[1:]:
+                row[k] = float(row[k]) if k in ('secs', 'vs_plain') else int(row[k])
+            rows.append(row)
+    return rows
+
+
+def derived(r):
+    gib = r['mib'] / 1024
+    splits = r['l2_splits'] + r['l3_splits']
+    coll = r['l2_collapses'] + r['l3_collapses']
+    return {
+        'l2_per_gib': r['l2_splits'] / gib,
+        'l3_per_gib': r['l3_splits'] / gib,
+        'collapsed': 100.0 * coll / splits if splits else 100.0,
+        'flush_per_req': r['flushes'] / r['requests'],
+        'mib_s': r['mib'] / r['secs'] if r['secs'] else 0.0,
+    }
+
+
+def table(rows):
+    out = ['| mode | MiB | level-2 splits/GiB | level-3 splits/GiB | split ranges collapsed after teardown | TLB flushes/request | MiB/s | rate vs plain | pages left removed |',
+           '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for r in rows:
+        d = derived(r)
+        out.append('| %s | %d | %.1f | %.1f | %.1f%% | %.3f | %.1f | %.2fx | %d |' % (
+            r['mode'], r['mib'], d['l2_per_gib'], d['l3_per_gib'], d['collapsed'],
+            d['flush_per_req'], d['mib_s'], r['vs_plain'], r['left']))
+    blocks = [r for r in rows if r['mode'] == 'blocks']
+    if blocks:
+        big = max(blocks, key=lambda r: r['mib'])
+        d = derived(big)
+        out.append('')
+        out.append('Targets, for `blocks` at %d MiB: level-2 splits/GiB = 0: %s (%.1f); '
+                   'collapsed >= 99%%: %s (%.1f%%); one flush per request: %s (%.3f); '
+                   'rate >= 0.8x plain: %s (%.2fx); pages left = 0: %s (%d).' % (
+                       big['mib'],
+                       'met' if d['l2_per_gib'] == 0 else 'missed', d['l2_per_gib'],
+                       'met' if d['collapsed'] >= 99 else 'missed', d['collapsed'],
+                       'met' if d['flush_per_req'] <= 1 else 'missed', d['flush_per_req'],
+                       'met' if big['vs_plain'] >= 0.8 else 'missed', big['vs_plain'],
+                       'met' if big['left'] == 0 else 'missed', big['left']))
+    return '\n'.join(out) + '\n'
+
+
+def svg(rows):
+    """Two panels: level-2 splits per GiB, and conversion rate vs plain, per size."""
+    sizes = sorted({r['mib'] for r in rows})
+    by = {(r['mode'], r['mib']): r for r in rows}
+    W, H, pad, gap = 760, 300, 50, 40
+    pw = (W - 2 * pad - gap) / 2
+    ph = H - 2 * pad
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+             'font-family="sans-serif" font-size="11">' % (W, H),
+             '<rect width="100%" height="100%" fill="white"/>']
+
+    def panel(x0, title, key, fmt):
+        vals = [key(by[(m, s)]) for m in MODES for s in sizes if (m, s) in by]
+        top = max(vals + [1e-9]) * 1.15
+        parts.append('<text x="%.1f" y="%d" font-size="12" font-weight="bold">%s</text>' % (x0, pad - 20, title))
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>' % (x0, pad + ph, x0 + pw, pad + ph))
+        gw = pw / len(sizes)
+        bw = gw / (len(MODES) + 1)
+        for i, s in enumerate(sizes):
+            for j, m in enumerate(MODES):
+                if (m, s) not in by:
+                    continue
+                v = key(by[(m, s)])
+                h = ph * v / top
+                x = x0 + i * gw + (j + 0.5) * bw
+                parts.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"/>' % (
+                    x, pad + ph - h, bw * 0.9, h, COLOURS[m]))
+                parts.append('<text x="%.1f" y="%.1f" font-size="9" text-anchor="middle">%s</text>' % (
+                    x + bw * 0.45, pad + ph - h - 3, fmt % v))
+            parts.append('<text x="%.1f" y="%d" text-anchor="middle">%d MiB</text>' % (
+                x0 + (i + 0.5) * gw, pad + ph + 15, s))
+
+    panel(pad, 'direct-map level-2 splits per GiB made private',
+          lambda r: derived(r)['l2_per_gib'], '%.0f')
+    panel(pad + pw + gap, 'conversion rate, relative to plain guest_memfd',
+          lambda r: r['vs_plain'], '%.2f')
+    for j, m in enumerate(MODES):
+        x = pad + j * 110
+        parts.append('<rect x="%d" y="%d" width="10" height="10" fill="%s"/>' % (x, H - 18, COLOURS[m]))
+        parts.append('<text x="%d" y="%d">%s</text>' % (x + 14, H - 9, m))
+    parts.append('</svg>')
+    return '\n'.join(parts) + '\n'
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    rows = read(sys.argv[1])
+    if not rows:
+        return
+    out = sys.argv[2]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'bench.csv'), 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(FIELDS)
+        for r in rows:
+            w.writerow([r[k] for k in FIELDS])
+    with open(os.path.join(out, 'bench.txt'), 'w') as f:
+        f.write(table(rows))
+    with open(os.path.join(out, 'bench.svg'), 'w') as f:
+        f.write(svg(rows))
+    sys.stdout.write(table(rows))
+
+
+if __name__ == '__main__':
+    main()

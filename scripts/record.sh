@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Copy the figures of the last run ($KP_RUN) into results/ of this
+# repository, so that the README and the cover letter can quote files the
+# tools wrote: the test summary and the benchmark's CSV, table and plot.
+KP_STEP=record
+. "$(dirname "$0")/lib/common.sh"
+
+[ -s "$KP_RUN/summary.txt" ] || kp_die "no summary in $KP_RUN (run scripts/kp test first)"
+out=$KP_TOP/results
+mkdir -p "$out"
+cp "$KP_RUN/summary.txt" "$out/summary.txt"
+for f in bench.csv bench.txt bench.svg; do
+	if [ -f "$KP_RUN/$f" ]; then
+		cp "$KP_RUN/$f" "$out/$f"
+	else
+		rm -f "$out/$f"
+	fi
+done
+grep '^# kp: vmstat:' "$KP_RUN/results.ktap" | sed 's/^# kp: vmstat: //' >"$out/vmstat-end.txt"
+kp_say "copied the last run's summary, vmstat and benchmark into $out"

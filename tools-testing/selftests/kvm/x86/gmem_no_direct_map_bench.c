@@ -1,0 +1,194 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Direct-map fragmentation and conversion cost of guest_memfd memory outside
+ * the direct map (GUEST_MEMFD_FLAG_NO_DIRECT_MAP), in three modes, in one
+ * boot:
+ *
+ *   plain     guest_memfd without the flag (nothing is removed);
+ *   per-page  the flag, with kvm.gmem_no_direct_map_blocks=N (each page is
+ *             removed on its own, as earlier proposals did);
+ *   blocks    the flag, with 2 MiB blocks (the default).
+ *
+ * For each size, a software-protected VM converts its memory to private in
+ * 2 MiB requests, the way a VMM handles KVM_HC_MAP_GPA_RANGE for memory
+ * outside the direct map: fallocate() the range of the guest_memfd, then
+ * KVM_SET_MEMORY_ATTRIBUTES.  Then the memory is punched out and the
+ * guest_memfd and the VM are closed.  /proc/vmstat and the VM's stats give
+ * the splits, collapses, flushes and pages; the clock gives the rate.
+ *
+ * Prints a table and, one per mode and size, "csv:" lines for
+ * scripts/bench-plot.py.  Exits 1 if a figure breaks a rule that must
+ * always hold (a page left out of the direct map after teardown, more than
+ * one TLB flush per request); the targets are reported, not enforced.
+ *
+ * Usage: gmem_no_direct_map_bench [max size in MiB, default 1024]
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/falloc.h>
+#include <linux/sizes.h>
+
+#include "kvm_util.h"
+#include "test_util.h"
+
+#define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
+
+enum mode { PLAIN, PER_PAGE, BLOCKS, NR_MODES };
+
+static const char * const mode_name[NR_MODES] = { "plain", "per-page", "blocks" };
+
+struct counters {
+	u64 removed, restored, flushes, l2_splits, l3_splits, l2_coll, l3_coll;
+};
+
+static u64 read_vmstat(const char *name)
+{
+	char key[64];
+	u64 val;
+	FILE *f = fopen("/proc/vmstat", "r");
+
+	TEST_ASSERT(f, "open /proc/vmstat");
+	while (fscanf(f, "%63s %lu", key, &val) == 2) {
+		if (!strcmp(key, name)) {
+			fclose(f);
+			return val;
+		}
+	}
+	fclose(f);
+	TEST_FAIL("no %s in /proc/vmstat", name);
+	return 0;
+}
+
+static void read_counters(struct counters *c)
+{
+	c->removed = read_vmstat("direct_map_removed");
+	c->restored = read_vmstat("direct_map_restored");
+	c->flushes = read_vmstat("direct_map_remove_flushes");
+	c->l2_splits = read_vmstat("direct_map_level2_splits");
+	c->l3_splits = read_vmstat("direct_map_level3_splits");
+	c->l2_coll = read_vmstat("direct_map_level2_collapses");
+	c->l3_coll = read_vmstat("direct_map_level3_collapses");
+}
+
+static void set_blocks(bool on)
+{
+	int fd = open(BLOCKS_PARAM, O_WRONLY);
+
+	TEST_ASSERT(fd >= 0, "open %s", BLOCKS_PARAM);
+	TEST_ASSERT(write(fd, on ? "Y" : "N", 1) == 1, "write %s", BLOCKS_PARAM);
+	close(fd);
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+struct result {
+	double secs;
+	u64 requests, flushes, l2_splits, l3_splits, l2_coll, l3_coll;
+	u64 removed, left, vm_splits;
+};
+
+static void run(enum mode mode, u64 size, struct result *r)
+{
+	u64 flags = mode == PLAIN ? 0 : GUEST_MEMFD_FLAG_NO_DIRECT_MAP;
+	struct counters a, b, c;
+	struct kvm_vm *vm;
+	double t0;
+	u64 off;
+	int fd;
+
+	if (mode != PLAIN)
+		set_blocks(mode == BLOCKS);
+
+	vm = vm_create_barebones_type(KVM_X86_SW_PROTECTED_VM);
+	fd = vm_create_guest_memfd(vm, size, flags);
+
+	read_counters(&a);
+	t0 = now();
+	for (off = 0; off < size; off += SZ_2M) {
+		TEST_ASSERT(!fallocate(fd, FALLOC_FL_KEEP_SIZE, off, SZ_2M),
+			    "fallocate at 0x%lx", off);
+		vm_set_memory_attributes(vm, off, SZ_2M,
+					 KVM_MEMORY_ATTRIBUTE_PRIVATE);
+	}
+	r->secs = now() - t0;
+	read_counters(&b);
+	r->requests = size / SZ_2M;
+	r->vm_splits = flags ? vm_get_stat(vm, direct_map_splits) : 0;
+
+	TEST_ASSERT(!fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			       0, size), "punch");
+	close(fd);
+	kvm_vm_free(vm);
+	read_counters(&c);
+
+	r->flushes = b.flushes - a.flushes;
+	r->l2_splits = b.l2_splits - a.l2_splits;
+	r->l3_splits = b.l3_splits - a.l3_splits;
+	r->l2_coll = c.l2_coll - b.l2_coll;
+	r->l3_coll = c.l3_coll - b.l3_coll;
+	r->removed = b.removed - a.removed;
+	r->left = (c.removed - a.removed) - (c.restored - a.restored);
+}
+
+int main(int argc, char *argv[])
+{
+	u64 max = (argc > 1 ? strtoull(argv[1], NULL, 0) : 1024) * SZ_1M;
+	static const u64 sizes[] = { SZ_2M, SZ_64M, SZ_256M, SZ_1G };
+	int i, m, bad = 0;
+
+	TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SW_PROTECTED_VM));
+	TEST_REQUIRE(kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS) &
+		     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+	TEST_REQUIRE(!access(BLOCKS_PARAM, W_OK));
+
+	printf("%-9s %7s %9s %9s %9s %11s %9s %8s %6s\n", "mode", "MiB",
+	       "l2spl/GiB", "l3spl/GiB", "collapsed", "flush/req", "MiB/s",
+	       "vs plain", "left");
+	for (i = 0; i < ARRAY_SIZE(sizes) && sizes[i] <= max; i++) {
+		struct result res[NR_MODES];
+
+		for (m = 0; m < NR_MODES; m++) {
+			struct result *r = &res[m];
+			double gib = (double)sizes[i] / SZ_1G;
+			u64 split;
+
+			run(m, sizes[i], r);
+			split = r->l2_splits + r->l3_splits;
+			printf("%-9s %7lu %9.1f %9.1f %8.1f%% %11.3f %9.1f %7.2fx %6lu\n",
+			       mode_name[m], sizes[i] / SZ_1M,
+			       r->l2_splits / gib, r->l3_splits / gib,
+			       split ? 100.0 * (r->l2_coll + r->l3_coll) / split : 100.0,
+			       (double)r->flushes / r->requests,
+			       sizes[i] / SZ_1M / r->secs,
+			       res[PLAIN].secs / r->secs, r->left);
+			printf("csv: %s,%lu,%lu,%lu,%lu,%lu,%lu,%lu,%.6f,%.6f,%lu,%lu\n",
+			       mode_name[m], sizes[i] / SZ_1M, r->requests,
+			       r->l2_splits, r->l3_splits, r->l2_coll, r->l3_coll,
+			       r->flushes, r->secs, res[PLAIN].secs / r->secs,
+			       r->left, r->vm_splits);
+			if (r->left) {
+				printf("# %s: %lu pages left out of the direct map\n",
+				       mode_name[m], r->left);
+				bad = 1;
+			}
+			if (m != PLAIN && r->flushes > r->requests) {
+				printf("# %s: %lu flushes for %lu requests\n",
+				       mode_name[m], r->flushes, r->requests);
+				bad = 1;
+			}
+		}
+	}
+	set_blocks(true);
+	return bad;
+}
