@@ -29,8 +29,12 @@ export CCACHE_SLOPPINESS=time_macros,include_file_mtime,include_file_ctime
 export KBUILD_BUILD_TIMESTAMP="${KBUILD_BUILD_TIMESTAMP:-2026-01-01}"
 export KBUILD_BUILD_USER=kvm-protmem KBUILD_BUILD_HOST=workbench
 
+# Rust is compiled by clippy-driver (CLIPPY=1), so that 'lint' can check the
+# build log for clippy's warnings; KP_CLIPPY=0 uses plain rustc.
+clippy=
+[ "${KP_CLIPPY:-1}" = 0 ] || clippy=CLIPPY=1
 # shellcheck disable=SC2046
-MAKE="make $(kp_make_flags) CC=ccache\\ clang-19"
+MAKE="make $(kp_make_flags) $clippy CC=ccache\\ clang-19"
 mk() { eval "$MAKE" '"$@"'; }
 
 kp_timer_start

@@ -5,8 +5,12 @@
 #   - scripts/checkpatch.pl --strict on every patch of patches/: no error,
 #     no warning, no check;
 #   - make rustfmtcheck: the Rust code is rustfmt-clean;
-#   - scripts/kernel-doc -Wall: no new warning in the C files it touches.
-# Clippy needs a build of its own (CLIPPY=1); see the README.
+#   - scripts/kernel-doc -Wall: no new warning in the C files it touches;
+#   - docutils (scripts/rst-check.py): no new problem in the .rst files it
+#     touches (Sphinx is not needed);
+#   - clippy: no Rust warning in the last build's log (scripts/build.sh
+#     compiles Rust with CLIPPY=1; an incremental build shows the crates it
+#     recompiled, a build from scratch all of them).
 KP_STEP=lint
 . "$(dirname "$0")/lib/common.sh"
 
@@ -53,4 +57,37 @@ done
 rm -f "$KP_TREE"/kdoc.tmp.*
 [ $kdoc = 0 ] || kp_die "kernel-doc: new warnings in $kdoc files"
 
-kp_say "checkpatch --strict clean on $n patches; rustfmtcheck clean; no new kernel-doc warnings"
+# docutils: no problem in the .rst files the series touches that the base
+# did not have already.
+kp_need python3
+python3 -c 'import docutils' 2>/dev/null ||
+	kp_die "python3-docutils is missing ('scripts/kp setup' installs it)"
+rst_problems() {
+	git -C "$KP_LINUX" show "$1:$2" 2>/dev/null | python3 "$KP_TOP/scripts/rst-check.py" | sort
+}
+rst=0
+nrst=0
+for f in $(git -C "$KP_LINUX" diff --name-only kp-base kvm-protmem -- '*.rst'); do
+	nrst=$((nrst + 1))
+	added=$(comm -23 <(rst_problems kvm-protmem "$f") <(rst_problems kp-base "$f") | grep .)
+	if [ -n "$added" ]; then
+		echo "  $f:" >&2
+		echo "$added" | sed 's/^/    /' >&2
+		rst=$((rst + 1))
+	fi
+done
+[ $rst = 0 ] || kp_die "docutils: new problems in $rst .rst files"
+
+# Clippy and rustc: any warning in the last build's log.
+if grep -q ' CLIPPY ' "$KP_LOGS/build.log" 2>/dev/null; then
+	rw=$(grep -nE '^(warning|error)(\[[A-Za-z0-9_]+\])?: ' "$KP_LOGS/build.log" | head -n 20)
+	if [ -n "$rw" ]; then
+		echo "$rw" | sed 's/^/  /' >&2
+		kp_die "Rust warnings (clippy) in the build" "$KP_LOGS/build.log"
+	fi
+	clippy="no clippy warnings in the crates built"
+else
+	clippy="clippy not run (the last build compiled no Rust with CLIPPY=1)"
+fi
+
+kp_say "checkpatch --strict clean on $n patches; rustfmtcheck clean; no new kernel-doc warnings; docutils clean on $nrst .rst files; $clippy"
