@@ -5,6 +5,8 @@
 # patches/ is its git format-patch output with fixed options
 # (scripts/series.conf), and the readable copies (rust-kvm-protmem/,
 # Documentation/, tools-testing/) hold the final version of the files it adds.
+# MAINTAINERS-snippet and cover-letter.txt (scripts/cover-letter.in filled in
+# from the branch and from results/) are generated with them.
 #
 #   series.sh export   write patches/ and the readable copies from the branch
 #   series.sh check    regenerate both from the branch that 'apply' made out
@@ -55,6 +57,17 @@ print('\n\n'.join(out) if out else '(The series does not change MAINTAINERS yet.
 PY
 		kp_die "cannot extract the MAINTAINERS entries"
 	rm -f "$dir/.maintainers" "$dir/.diff"
+	# cover-letter.txt: scripts/cover-letter.in with the subjects, the
+	# diffstat and the figures that 'scripts/kp record' put in results/.
+	git -C "$KP_LINUX" log --reverse --format=%s kp-base..kvm-protmem >"$dir/.subjects" &&
+	# shellcheck disable=SC2086
+	GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 \
+		git -C "$KP_LINUX" $KP_GIT_CONFIG diff --stat=72 kp-base kvm-protmem >"$dir/.diffstat" &&
+	python3 "$KP_TOP/scripts/cover-letter.py" "$KP_TOP/scripts/cover-letter.in" \
+		"$KP_TOP/results" "$(git -C "$KP_LINUX" rev-parse kp-base)" \
+		"$dir/.subjects" "$dir/.diffstat" >"$dir/cover-letter.txt" ||
+		kp_die "cannot write the cover letter"
+	rm -f "$dir/.subjects" "$dir/.diffstat"
 	git -C "$KP_LINUX" diff --name-only --diff-filter=A kp-base kvm-protmem | while read -r f; do
 		for m in $KP_MIRRORS; do
 			kprefix=${m%%:*}
@@ -82,7 +95,8 @@ listed() {
 	local d
 	(cd "$1" && for d in $(mirror_dirs); do
 		[ -d "$d" ] && find "$d" -type f ! -path "$d/README.md"
-	done; [ -d patches ] && find patches -name '*.patch'; echo MAINTAINERS-snippet) | LC_ALL=C sort
+	done; [ -d patches ] && find patches -name '*.patch'; echo MAINTAINERS-snippet
+	echo cover-letter.txt) | LC_ALL=C sort
 }
 
 case "${1:-}" in
