@@ -234,6 +234,39 @@ void direct_map_restore(struct page *page, unsigned long nr)
 }
 EXPORT_SYMBOL_FOR_MODULES(direct_map_restore, "kvm");
 
+#ifdef CONFIG_DEBUG_DIRECT_MAP
+/**
+ * direct_map_check_free - Check that a page being freed is in the direct map
+ * @page: first page of the block being freed
+ * @order: order of the block
+ *
+ * Called by the page allocator for every page that is freed.  A page that
+ * was removed from the direct map and not restored would fault when the
+ * allocator or its next user touches it; warn once instead, and have the
+ * allocator keep it.
+ *
+ * Context: Any context.
+ * Return: true if every page of the block is present in the direct map,
+ * false if the block must not be freed.
+ */
+bool direct_map_check_free(struct page *page, unsigned int order)
+{
+	unsigned long i;
+
+	if (PageHighMem(page))
+		return true;
+
+	for (i = 0; i < (1UL << order); i++) {
+		if (likely(kernel_page_present(page + i)))
+			continue;
+		WARN_ONCE(1, "direct_map: pfn %#lx freed while out of the direct map; leaking it\n",
+			  page_to_pfn(page + i));
+		return false;
+	}
+	return true;
+}
+#endif
+
 #ifdef CONFIG_DIRECT_MAP_KUNIT_TEST
 #include "direct_map_test.c"
 #endif

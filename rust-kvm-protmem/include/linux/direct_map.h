@@ -73,4 +73,13 @@ static inline bool direct_map_removal_active(void)
 }
 #endif /* CONFIG_DIRECT_MAP_REMOVAL */
 
+#ifdef CONFIG_DEBUG_DIRECT_MAP
+bool direct_map_check_free(struct page *page, unsigned int order);
+#else
+static inline bool direct_map_check_free(struct page *page, unsigned int order)
+{
+	return true;
+}
+#endif
+
 #endif /* _LINUX_DIRECT_MAP_H */
