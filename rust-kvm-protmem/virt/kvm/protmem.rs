@@ -302,6 +302,9 @@ unsafe fn has_page(inode: *mut bindings::inode, start: usize, end: usize) -> boo
 
 /// Allocates and removes (without flushing) the block for `index`; see [`kvm_protmem_populate`].
 ///
+/// Indices below `planned` already have pages planned by this request, which are not in the page
+/// cache yet: a 2 MiB block must not cover them.
+///
 /// Returns the block and the index of its first page.
 ///
 /// # Safety
@@ -312,6 +315,7 @@ unsafe fn new_block(
     inode: *mut bindings::inode,
     batch: &mut Batch,
     index: usize,
+    planned: usize,
     size: usize,
     blocks: bool,
 ) -> Result<(usize, Arc<Block>)> {
@@ -319,6 +323,7 @@ unsafe fn new_block(
     let block = UniqueArc::new_uninit(GFP_KERNEL)?;
     let base = index & !(BLOCK_PAGES - 1);
     let whole = blocks
+        && base >= planned
         && base + BLOCK_PAGES <= size
         // SAFETY: `inode` is a live guest_memfd inode.
         && !unsafe { has_page(inode, base, base + BLOCK_PAGES) };
@@ -361,6 +366,7 @@ unsafe fn populate(
 
     let removed = (|| -> Result {
         let mut index = start;
+        let mut planned = 0;
 
         while index < end {
             if current!().signal_pending() {
@@ -373,8 +379,10 @@ unsafe fn populate(
             }
             new.reserve(1, GFP_KERNEL)?;
             // SAFETY: As for this function.
-            let (first, block) = unsafe { new_block(pm, inode, &mut batch, index, size, blocks) }?;
+            let (first, block) =
+                unsafe { new_block(pm, inode, &mut batch, index, planned, size, blocks) }?;
             index = first + block.nr_pages();
+            planned = index;
             if new.push_within_capacity((first, block)).is_err() {
                 // Cannot happen: there is room for one more, and the block is restored if so.
                 return Err(ENOMEM);

@@ -460,6 +460,51 @@ TEST_F(mode, fallocate_enomem)
 		  read_vmstat("direct_map_restored") - restored0);
 }
 
+#define FAIL_PAGE_DIR	"/sys/kernel/debug/fail_page_alloc/"
+
+/*
+ * No 2 MiB block to be had (fail_page_alloc fails the order-9 allocation):
+ * the range comes in page by page instead, and fallocate() succeeds.  A
+ * page punched out of it is then restored at once, which it would not be
+ * in a block.
+ */
+TEST(blocks_fall_back_to_pages)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem;
+
+	if (access(FAIL_PAGE_DIR "times", W_OK) || access(BLOCKS_PARAM, W_OK))
+		SKIP(return, "no " FAIL_PAGE_DIR " (CONFIG_FAIL_PAGE_ALLOC) or " BLOCKS_PARAM);
+
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	write_file(BLOCKS_PARAM, "Y");
+	write_file(FAIL_PAGE_DIR "verbose", "0");
+	write_file(FAIL_PAGE_DIR "ignore-gfp-wait", "N");
+	write_file(FAIL_PAGE_DIR "ignore-gfp-highmem", "N");
+	write_file(FAIL_PAGE_DIR "min-order", "9");
+	write_file(FAIL_PAGE_DIR "probability", "100");
+	write_file(FAIL_PAGE_DIR "interval", "1");
+	write_file(FAIL_PAGE_DIR "times", "1");
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, SZ_2M), 0);
+	write_file(FAIL_PAGE_DIR "times", "0");
+	write_file(FAIL_PAGE_DIR "probability", "0");
+	write_file(FAIL_PAGE_DIR "min-order", "0");
+	write_file(FAIL_PAGE_DIR "ignore-gfp-wait", "Y");
+	write_file(FAIL_PAGE_DIR "ignore-gfp-highmem", "Y");
+
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), BLOCK_PAGES);
+	/* One flush for the request, page by page or not. */
+	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			    PAGE_SIZE, PAGE_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), BLOCK_PAGES - 1);
+
+	close(gmem);
+	kvm_vm_free(vm);
+}
+
 static void guest_touch(void)
 {
 	WRITE_ONCE(*(u64 *)DATA_GPA, 1);
