@@ -22,6 +22,8 @@
 #include <linux/falloc.h>
 #include <linux/kvm_para.h>
 #include <linux/sizes.h>
+#include <asm/kvm_para.h>
+#include <asm/pvclock-abi.h>
 
 #include "kvm_util.h"
 #include "processor.h"
@@ -541,6 +543,47 @@ TEST_F(mode, fault_enomem)
 
 	run_until(vcpu, UCALL_DONE);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), fault_pages(variant->blocks));
+
+	close(gmem);
+	kvm_vm_free(vm);
+}
+
+static void guest_kvmclock(void)
+{
+	/* kvm-clock's page at a private GPA. */
+	wrmsr(MSR_KVM_SYSTEM_TIME_NEW, DATA_GPA | KVM_MSR_ENABLED);
+	GUEST_SYNC(1);
+	/* The private page is the guest's own: KVM did not write it. */
+	GUEST_ASSERT_EQ(READ_ONCE(*(u64 *)DATA_GPA), 0);
+	wrmsr(MSR_KVM_SYSTEM_TIME_NEW, 0);
+	GUEST_DONE();
+}
+
+/*
+ * KVM's own accesses to guest memory (here kvm-clock, a gfn_to_pfn_cache
+ * user) go through the memslot's host virtual addresses, never through the
+ * direct map of private memory: with kvm-clock at a private GPA, KVM writes
+ * the clock to the shared memory behind the GPA, the guest's private page
+ * stays as it was, and nothing faults.
+ */
+TEST(kvmclock_uses_host_mapping)
+{
+	struct pvclock_vcpu_time_info *pvti;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem;
+
+	vm = vm_with_gmem(guest_kvmclock, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	vm_mem_set_private(vm, DATA_GPA, DATA_SIZE);
+	pvti = addr_gpa2hva(vm, DATA_GPA);
+
+	run_until(vcpu, UCALL_SYNC);
+	/* Version is odd while KVM updates it, and not 0 once it has. */
+	ASSERT_NE(READ_ONCE(pvti->version), 0);
+	ASSERT_NE(READ_ONCE(pvti->tsc_to_system_mul), 0);
+	run_until(vcpu, UCALL_DONE);
+	ASSERT_GE(vm_get_stat(vm, direct_map_pages), 1);
 
 	close(gmem);
 	kvm_vm_free(vm);
