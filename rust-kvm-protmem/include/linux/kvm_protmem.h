@@ -12,7 +12,6 @@
 #ifndef __LINUX_KVM_PROTMEM_H
 #define __LINUX_KVM_PROTMEM_H
 
-#include <linux/errno.h>
 #include <linux/kvm_types.h>
 #include <linux/types.h>
 
@@ -53,13 +52,6 @@ static inline void kvm_protmem_detach(struct kvm_protmem *pm)
 
 static inline void kvm_protmem_put(struct kvm_protmem *pm)
 {
-}
-
-static inline int kvm_protmem_populate(struct kvm_protmem *pm,
-				       struct inode *inode, pgoff_t start,
-				       pgoff_t end, pgoff_t size, bool blocks)
-{
-	return -EOPNOTSUPP;
 }
 #endif /* CONFIG_KVM_PROTMEM */
 

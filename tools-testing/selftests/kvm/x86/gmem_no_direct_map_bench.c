@@ -46,33 +46,15 @@ struct counters {
 	u64 removed, restored, flushes, l2_splits, l3_splits, l2_coll, l3_coll;
 };
 
-static u64 read_vmstat(const char *name)
-{
-	char key[64];
-	u64 val;
-	FILE *f = fopen("/proc/vmstat", "r");
-
-	TEST_ASSERT(f, "open /proc/vmstat");
-	while (fscanf(f, "%63s %lu", key, &val) == 2) {
-		if (!strcmp(key, name)) {
-			fclose(f);
-			return val;
-		}
-	}
-	fclose(f);
-	TEST_FAIL("no %s in /proc/vmstat", name);
-	return 0;
-}
-
 static void read_counters(struct counters *c)
 {
-	c->removed = read_vmstat("direct_map_removed");
-	c->restored = read_vmstat("direct_map_restored");
-	c->flushes = read_vmstat("direct_map_remove_flushes");
-	c->l2_splits = read_vmstat("direct_map_level2_splits");
-	c->l3_splits = read_vmstat("direct_map_level3_splits");
-	c->l2_coll = read_vmstat("direct_map_level2_collapses");
-	c->l3_coll = read_vmstat("direct_map_level3_collapses");
+	c->removed = get_vmstat("direct_map_removed");
+	c->restored = get_vmstat("direct_map_restored");
+	c->flushes = get_vmstat("direct_map_remove_flushes");
+	c->l2_splits = get_vmstat("direct_map_level2_splits");
+	c->l3_splits = get_vmstat("direct_map_level3_splits");
+	c->l2_coll = get_vmstat("direct_map_level2_collapses");
+	c->l3_coll = get_vmstat("direct_map_level3_collapses");
 }
 
 static void set_blocks(bool on)

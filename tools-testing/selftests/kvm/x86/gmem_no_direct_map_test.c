@@ -62,24 +62,6 @@ static const struct vm_shape default_vm = {
 	.type = KVM_X86_DEFAULT_VM,
 };
 
-static u64 read_vmstat(const char *name)
-{
-	char key[64];
-	u64 val;
-	FILE *f = fopen("/proc/vmstat", "r");
-
-	TEST_ASSERT(f, "open /proc/vmstat");
-	while (fscanf(f, "%63s %lu", key, &val) == 2) {
-		if (!strcmp(key, name)) {
-			fclose(f);
-			return val;
-		}
-	}
-	fclose(f);
-	TEST_FAIL("no %s in /proc/vmstat", name);
-	return 0;
-}
-
 static void write_file(const char *path, const char *val)
 {
 	int fd = open(path, O_WRONLY);
@@ -354,14 +336,14 @@ static void guest_nothing(void)
 
 static u64 splits(void)
 {
-	return read_vmstat("direct_map_level2_splits") +
-	       read_vmstat("direct_map_level3_splits");
+	return get_vmstat("direct_map_level2_splits") +
+	       get_vmstat("direct_map_level3_splits");
 }
 
 static u64 collapses(void)
 {
-	return read_vmstat("direct_map_level2_collapses") +
-	       read_vmstat("direct_map_level3_collapses");
+	return get_vmstat("direct_map_level2_collapses") +
+	       get_vmstat("direct_map_level3_collapses");
 }
 
 /*
@@ -373,9 +355,9 @@ static u64 collapses(void)
  */
 TEST_F(mode, stats_follow_the_page_cache)
 {
-	u64 removed0 = read_vmstat("direct_map_removed");
-	u64 restored0 = read_vmstat("direct_map_restored");
-	u64 l2_splits0 = read_vmstat("direct_map_level2_splits");
+	u64 removed0 = get_vmstat("direct_map_removed");
+	u64 restored0 = get_vmstat("direct_map_restored");
+	u64 l2_splits0 = get_vmstat("direct_map_level2_splits");
 	u64 splits0 = splits(), collapses0 = collapses();
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
@@ -389,14 +371,14 @@ TEST_F(mode, stats_follow_the_page_cache)
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_removals), DATA_PAGES);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
-	ASSERT_EQ(read_vmstat("direct_map_removed") - removed0, DATA_PAGES);
+	ASSERT_EQ(get_vmstat("direct_map_removed") - removed0, DATA_PAGES);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_splits), splits() - splits0);
 	if (variant->blocks)
-		ASSERT_EQ(read_vmstat("direct_map_level2_splits"), l2_splits0);
+		ASSERT_EQ(get_vmstat("direct_map_level2_splits"), l2_splits0);
 	TH_LOG("%s: %lu splits (level 2: %lu) for %lu pages",
 	       variant->blocks ? "blocks" : "per page",
 	       vm_get_stat(vm, direct_map_splits),
-	       read_vmstat("direct_map_level2_splits") - l2_splits0, DATA_PAGES);
+	       get_vmstat("direct_map_level2_splits") - l2_splits0, DATA_PAGES);
 
 	/* Already there: nothing to do. */
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
@@ -421,8 +403,8 @@ TEST_F(mode, stats_follow_the_page_cache)
 	ASSERT_EQ(vm_get_stat(vm, direct_map_restores), DATA_PAGES);
 	kvm_vm_free(vm);
 
-	ASSERT_EQ(read_vmstat("direct_map_removed") - removed0, DATA_PAGES);
-	ASSERT_EQ(read_vmstat("direct_map_restored") - restored0, DATA_PAGES);
+	ASSERT_EQ(get_vmstat("direct_map_removed") - removed0, DATA_PAGES);
+	ASSERT_EQ(get_vmstat("direct_map_restored") - restored0, DATA_PAGES);
 	/* Every large mapping the removals split is whole again. */
 	ASSERT_EQ(collapses() - collapses0, splits() - splits0);
 }
@@ -433,8 +415,8 @@ TEST_F(mode, stats_follow_the_page_cache)
  */
 TEST_F(mode, fallocate_enomem)
 {
-	u64 removed0 = read_vmstat("direct_map_removed");
-	u64 restored0 = read_vmstat("direct_map_restored");
+	u64 removed0 = get_vmstat("direct_map_removed");
+	u64 restored0 = get_vmstat("direct_map_restored");
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	int gmem, nth;
@@ -458,8 +440,8 @@ TEST_F(mode, fallocate_enomem)
 
 	close(gmem);
 	kvm_vm_free(vm);
-	ASSERT_EQ(read_vmstat("direct_map_removed") - removed0,
-		  read_vmstat("direct_map_restored") - restored0);
+	ASSERT_EQ(get_vmstat("direct_map_removed") - removed0,
+		  get_vmstat("direct_map_restored") - restored0);
 }
 
 #define FAIL_PAGE_DIR	"/sys/kernel/debug/fail_page_alloc/"
