@@ -83,6 +83,10 @@ src=${PIPESTATUS[0]}
 rm -f "$KP_RUN"/bench.*
 python3 "$KP_TOP/scripts/bench-plot.py" "$KP_RUN/results.ktap" "$KP_RUN" >/dev/null &&
 	[ -f "$KP_RUN/bench.txt" ] &&
-	kp_say "benchmark: $KP_RUN/bench.{csv,txt,svg}; $(grep '^Targets' "$KP_RUN/bench.txt")"
+	if [ "${KP_VARIANT:-}" = debug ]; then
+		kp_say "benchmark: $KP_RUN/bench.{csv,txt,svg} (debug kernel: not the series' figures)"
+	else
+		kp_say "benchmark: $KP_RUN/bench.{csv,txt,svg}; $(grep '^Targets' "$KP_RUN/bench.txt")"
+	fi
 [ "$finished" = yes ] && [ $rc = 0 ] || kp_die "the run did not finish" "$KP_RUN/console.log"
 [ "$src" = 0 ] || kp_die "tests failed" "$KP_RUN/console.log"

@@ -5,7 +5,8 @@
 # ccache) from the tree that scripts/apply.sh prepared, then the UAPI
 # headers that the selftests use.
 #
-# The configuration is allnoconfig plus configs/kvm-protmem.config; every
+# The configuration is allnoconfig plus configs/kvm-protmem.config (and
+# configs/debug.config with KP_VARIANT=debug); every
 # option the fragment asks for must be in the result, or the step fails (an
 # option silently dropped by Kconfig, e.g. RUST when the toolchain is not
 # usable, would otherwise make the tests meaningless).
@@ -17,6 +18,12 @@ kp_need clang-19 ld.lld-19:lld-19 ccache rustc:rustc-web bindgen:bindgen-cli fle
 [ -d "$KP_LINUX/.git" ] || kp_die "no kernel tree at $KP_LINUX (run scripts/kp apply)"
 
 FRAGMENT=${KP_CONFIG_FRAGMENT:-$KP_TOP/configs/kvm-protmem.config}
+if [ "${KP_VARIANT:-}" = debug ]; then
+	# The debug kernel: the test kernel's options, then the debug ones.
+	mkdir -p "$KP_BUILD"
+	cat "$FRAGMENT" "$KP_TOP/configs/debug.config" >"$KP_BUILD/kp-debug.config"
+	FRAGMENT=$KP_BUILD/kp-debug.config
+fi
 export CCACHE_DIR=${CCACHE_DIR:-$KP_WORK/ccache}
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-8G}
 # ccache must not hash the absolute paths of the build directory away from

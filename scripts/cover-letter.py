@@ -16,8 +16,8 @@ import sys
 import textwrap
 
 
-def tests(results):
-    path = os.path.join(results, 'summary.txt')
+def tests(results, name='summary.txt'):
+    path = os.path.join(results, name)
     if not os.path.exists(path):
         return '  (no results recorded: run scripts/kp test, then scripts/kp record)'
     counts = collections.OrderedDict()
@@ -83,6 +83,7 @@ def main():
     shortlog = '\n'.join('  %*d. %s' % (len(str(len(subj))), i + 1, s) for i, s in enumerate(subj))
     text = open(tmpl).read()
     for key, val in (('@NR@', '%02d' % len(subj)), ('@TESTS@', tests(results)),
+                     ('@TESTS_DEBUG@', tests(results, 'summary-debug.txt')),
                      ('@BENCH@', bench(results)), ('@SHORTLOG@', shortlog),
                      ('@DIFFSTAT@', open(diffstat).read().rstrip('\n')),
                      ('@BASE@', base)):

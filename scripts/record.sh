@@ -11,6 +11,13 @@ KP_STEP=record
 out=$KP_TOP/results
 mkdir -p "$out"
 cp "$KP_RUN/summary.txt" "$out/summary.txt"
+# The debug kernel's run (scripts/kp test runs it after the main one).
+debug_run=$KP_TREE/run-debug
+if [ -s "$debug_run/summary.txt" ] && [ "$debug_run/summary.txt" -nt "$KP_RUN/summary.txt" ]; then
+	cp "$debug_run/summary.txt" "$out/summary-debug.txt"
+else
+	rm -f "$out/summary-debug.txt"
+fi
 for f in bench.csv bench.txt bench.svg; do
 	if [ -f "$KP_RUN/$f" ]; then
 		cp "$KP_RUN/$f" "$out/$f"

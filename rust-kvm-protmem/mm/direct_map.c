@@ -23,15 +23,26 @@
  * one step the architecture allocates (splits) before it changes any entry,
  * so a failing step has changed nothing, and restoring the earlier steps
  * with the same boundaries needs no allocation.
+ *
+ * Removed pages can also go from one user to the next without coming back:
+ * direct_map_batch_zero() clears them through a temporary mapping, and
+ * direct_map_reuse_pages() takes pages that left a page cache back from the
+ * LRU and the memory cgroup, which is what freeing them would have done.
  */
 
 #include <linux/direct_map.h>
 #include <linux/fault-inject.h>
+#include <linux/memcontrol.h>
 #include <linux/mm.h>
 #include <linux/pgtable.h>
 #include <linux/set_memory.h>
+#include <linux/slab.h>
+#include <linux/swap.h>
+#include <linux/vmalloc.h>
 #include <linux/vmstat.h>
 #include <asm/tlbflush.h>
+
+#include "internal.h"
 
 /* Pages out of the direct map now, for hibernation_available(). */
 static atomic_long_t direct_map_nr_removed;
@@ -165,21 +176,75 @@ int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
 EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_remove, "kvm");
 
 /**
+ * direct_map_batch_zero - Zero pages that are out of the direct map
+ * @batch: the batch whose flush removes the temporary mapping from the TLBs
+ * @page: first page of a physically contiguous range out of the direct map
+ * @nr: number of pages in the range
+ *
+ * Zero the pages through a temporary kernel mapping rather than mapping
+ * them again in the direct map, so that removed memory can be handed from
+ * one user to the next without a restore, a new removal and its flush.  The
+ * temporary mapping is gone when this returns, but CPUs may still hold it in
+ * their TLBs until direct_map_batch_flush(), which the caller must call
+ * before the next user of the pages can write to them.
+ *
+ * Context: Process context; may sleep.  The caller must own the pages.
+ * Return: 0 on success; -EINVAL for an empty range; -ENOMEM if no temporary
+ * mapping could be made.  On error the pages are unchanged.
+ */
+int direct_map_batch_zero(struct direct_map_batch *batch, struct page *page,
+			  unsigned long nr)
+{
+	struct page **pages;
+	unsigned long i;
+	void *addr;
+
+	might_sleep();
+
+	if (!nr)
+		return -EINVAL;
+	if (direct_map_should_fail(nr))
+		return -ENOMEM;
+
+	pages = kvmalloc_array(nr, sizeof(*pages), GFP_KERNEL);
+	if (!pages)
+		return -ENOMEM;
+	for (i = 0; i < nr; i++)
+		pages[i] = page + i;
+	addr = vmap(pages, nr, VM_MAP, PAGE_KERNEL);
+	kvfree(pages);
+	if (!addr)
+		return -ENOMEM;
+
+	memset(addr, 0, nr << PAGE_SHIFT);
+	vunmap(addr);
+	batch->nr_zeroed += nr;
+	return 0;
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_zero, "kvm");
+
+/**
  * direct_map_batch_flush - Flush the TLBs for the ranges a batch removed
  * @batch: the batch
  *
  * Issue one kernel TLB flush, on all CPUs, covering every range removed
  * through @batch since it was initialised or last flushed, and empty the
- * batch.  Does nothing for an empty batch.
+ * batch.  If pages were zeroed through the batch, the temporary mappings
+ * (which vunmap() leaves for a lazy flush) are flushed as well.  Does
+ * nothing for an empty batch.
  *
- * Context: Process context; interrupts enabled.
+ * Context: Process context; interrupts enabled; may sleep if pages were
+ * zeroed through the batch.
  */
 void direct_map_batch_flush(struct direct_map_batch *batch)
 {
-	if (!batch->nr_pages)
+	if (!batch->nr_pages && !batch->nr_zeroed)
 		return;
 
-	flush_tlb_kernel_range(batch->start, batch->end);
+	if (batch->nr_pages)
+		flush_tlb_kernel_range(batch->start, batch->end);
+	if (batch->nr_zeroed)
+		vm_unmap_aliases();
 	count_vm_event(DIRECT_MAP_REMOVE_FLUSH);
 	direct_map_batch_init(batch);
 }
@@ -233,6 +298,55 @@ void direct_map_restore(struct page *page, unsigned long nr)
 	count_vm_events(DIRECT_MAP_RESTORED, nr);
 }
 EXPORT_SYMBOL_FOR_MODULES(direct_map_restore, "kvm");
+
+/**
+ * direct_map_reuse_pages - Take back removed pages that left a page cache
+ * @page: first of @nr order-0 pages that are out of the direct map
+ * @nr: number of pages
+ *
+ * Pages out of the direct map must not be freed.  A user that keeps them
+ * removed, to add them to a page cache again later, takes them back with
+ * this instead of freeing them: each page is taken off its LRU list and
+ * uncharged from its memory cgroup, as freeing it would, and can then be
+ * added to a page cache like a newly allocated page.  Pages that never were
+ * in a page cache are left as they are.
+ *
+ * Context: Process context; may sleep.  The caller holds a reference to each
+ * page, and no page is in a page cache any more.
+ * Return: 0 on success; -EBUSY if somebody else still holds a reference to
+ * a page; -EINVAL for a page of a large folio or one still in a page cache.
+ * On error the pages taken back so far stay taken back, which is harmless:
+ * they can be restored and freed, or taken back again.
+ */
+int direct_map_reuse_pages(struct page *page, unsigned long nr)
+{
+	bool drained = false;
+	unsigned long i;
+
+	might_sleep();
+
+	for (i = 0; i < nr; i++) {
+		struct folio *folio = page_folio(page + i);
+
+		if (WARN_ON_ONCE(folio_test_large(folio) || folio->mapping))
+			return -EINVAL;
+		/* A page added to the LRU lately may sit in a per-CPU batch. */
+		if (folio_ref_count(folio) != 1 && !drained) {
+			lru_add_drain_all();
+			drained = true;
+		}
+		/* Isolation takes a reference; ours keeps the folio alive. */
+		if (folio_isolate_lru(folio))
+			folio_put(folio);
+		if (folio_ref_count(folio) != 1 || folio_test_lru(folio))
+			return -EBUSY;
+		folio_clear_active(folio);
+		folio_clear_unevictable(folio);
+		mem_cgroup_uncharge(folio);
+	}
+	return 0;
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_reuse_pages, "kvm");
 
 #ifdef CONFIG_DEBUG_DIRECT_MAP
 /**

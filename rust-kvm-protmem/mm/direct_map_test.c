@@ -316,6 +316,51 @@ static void direct_map_test_bad_input(struct kunit *test)
 	__free_page(page);
 }
 
+/* Removed pages are zeroed without mapping them again, for one flush. */
+static void direct_map_test_zero_removed(struct kunit *test)
+{
+	struct page *page = alloc_pages(GFP_KERNEL | __GFP_NOWARN, 2);
+	struct direct_map_batch batch;
+	struct dm_counts a, b;
+
+	if (!page)
+		kunit_skip(test, "no order-2 pages");
+	memset(page_address(page), 0x5a, 4 * PAGE_SIZE);
+	KUNIT_ASSERT_EQ(test, direct_map_remove(page, 4), 0);
+
+	dm_read_counts(test, &a);
+	direct_map_batch_init(&batch);
+	KUNIT_EXPECT_EQ(test, direct_map_batch_zero(&batch, page, 4), 0);
+	KUNIT_EXPECT_EQ(test, direct_map_batch_zero(&batch, page, 0), -EINVAL);
+	KUNIT_EXPECT_EQ(test, batch.nr_zeroed, 4);
+	direct_map_batch_flush(&batch);
+	dm_read_counts(test, &b);
+	KUNIT_EXPECT_EQ(test, b.flushes - a.flushes, 1);
+	KUNIT_EXPECT_EQ(test, b.removed - a.removed, 0);
+	KUNIT_EXPECT_EQ(test, b.restored - a.restored, 0);
+	dm_expect_readable(test, page, 4, false);
+
+	direct_map_restore(page, 4);
+	KUNIT_EXPECT_NULL(test, memchr_inv(page_address(page), 0, 4 * PAGE_SIZE));
+	__free_pages(page, 2);
+}
+
+/* Only pages nobody else holds can be taken back for reuse. */
+static void direct_map_test_reuse_pages(struct kunit *test)
+{
+	struct page *page = alloc_page(GFP_KERNEL);
+
+	KUNIT_ASSERT_NOT_NULL(test, page);
+	KUNIT_ASSERT_EQ(test, direct_map_remove(page, 1), 0);
+	KUNIT_EXPECT_EQ(test, direct_map_reuse_pages(page, 1), 0);
+	get_page(page);
+	KUNIT_EXPECT_EQ(test, direct_map_reuse_pages(page, 1), -EBUSY);
+	put_page(page);
+	KUNIT_EXPECT_EQ(test, page_ref_count(page), 1);
+	direct_map_restore(page, 1);
+	__free_page(page);
+}
+
 static struct kunit_case direct_map_test_cases[] = {
 	KUNIT_CASE(direct_map_test_unreachable),
 	KUNIT_CASE(direct_map_test_whole_pmd_no_split),
@@ -324,6 +369,8 @@ static struct kunit_case direct_map_test_cases[] = {
 	KUNIT_CASE(direct_map_test_injected_failure),
 	KUNIT_CASE(direct_map_test_active),
 	KUNIT_CASE(direct_map_test_bad_input),
+	KUNIT_CASE(direct_map_test_zero_removed),
+	KUNIT_CASE(direct_map_test_reuse_pages),
 	{}
 };
 

@@ -16,9 +16,20 @@ else
 	KP_TREE=${KP_TREE:-$KP_WORK/debian}
 fi
 KP_LINUX=$KP_TREE/linux
-KP_BUILD=$KP_TREE/build
-KP_RUN=$KP_TREE/run
-KP_LOGS=$KP_TREE/logs
+# KP_VARIANT=debug: the debug kernel (configs/debug.config on top of
+# configs/kvm-protmem.config), built, booted and logged in directories of its
+# own, from the same tree.
+case "${KP_VARIANT:-}" in
+'') KP_SUFFIX= ;;
+debug) KP_SUFFIX=-debug ;;
+*)
+	echo "kp: unknown KP_VARIANT '$KP_VARIANT' (known: debug)" >&2
+	exit 2
+	;;
+esac
+KP_BUILD=$KP_TREE/build$KP_SUFFIX
+KP_RUN=$KP_TREE/run$KP_SUFFIX
+KP_LOGS=$KP_TREE/logs$KP_SUFFIX
 KP_JOBS=${KP_JOBS:-$(nproc)}
 KP_LLVM=${KP_LLVM:--19}
 

@@ -19,17 +19,20 @@ struct page;
  * @end: end of the highest range removed since the last flush
  * @nr_pages: number of pages removed since the last flush
  * @nr_splits: number of large (1G, 2M) mappings those removals split
+ * @nr_zeroed: number of pages zeroed through temporary mappings since the
+ *             last flush
  *
  * Initialise with direct_map_batch_init(), add ranges with
- * direct_map_batch_remove(), and always end with direct_map_batch_flush():
- * until then, other CPUs may still reach the removed pages through stale
- * TLB entries.
+ * direct_map_batch_remove() or direct_map_batch_zero(), and always end with
+ * direct_map_batch_flush(): until then, other CPUs may still reach the pages
+ * through stale TLB entries.
  */
 struct direct_map_batch {
 	unsigned long start;
 	unsigned long end;
 	unsigned long nr_pages;
 	unsigned long nr_splits;
+	unsigned long nr_zeroed;
 };
 
 static inline void direct_map_batch_init(struct direct_map_batch *batch)
@@ -38,12 +41,16 @@ static inline void direct_map_batch_init(struct direct_map_batch *batch)
 	batch->end = 0;
 	batch->nr_pages = 0;
 	batch->nr_splits = 0;
+	batch->nr_zeroed = 0;
 }
 
 #ifdef CONFIG_DIRECT_MAP_REMOVAL
 int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
 			    unsigned long nr);
+int direct_map_batch_zero(struct direct_map_batch *batch, struct page *page,
+			  unsigned long nr);
 void direct_map_batch_flush(struct direct_map_batch *batch);
+int direct_map_reuse_pages(struct page *page, unsigned long nr);
 int direct_map_remove(struct page *page, unsigned long nr);
 void direct_map_restore(struct page *page, unsigned long nr);
 bool direct_map_removal_active(void);
@@ -54,8 +61,19 @@ static inline int direct_map_batch_remove(struct direct_map_batch *batch,
 	return -EOPNOTSUPP;
 }
 
+static inline int direct_map_batch_zero(struct direct_map_batch *batch,
+					struct page *page, unsigned long nr)
+{
+	return -EOPNOTSUPP;
+}
+
 static inline void direct_map_batch_flush(struct direct_map_batch *batch)
 {
+}
+
+static inline int direct_map_reuse_pages(struct page *page, unsigned long nr)
+{
+	return -EOPNOTSUPP;
 }
 
 static inline int direct_map_remove(struct page *page, unsigned long nr)

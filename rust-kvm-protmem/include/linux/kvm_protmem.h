@@ -21,18 +21,29 @@ struct page;
 
 /* One per guest_memfd inode created with GUEST_MEMFD_FLAG_NO_DIRECT_MAP. */
 struct kvm_protmem;
+/* Free 2 MiB blocks kept out of the direct map for reuse; one for KVM. */
+struct kvm_protmem_cache;
 
 #ifdef CONFIG_KVM_PROTMEM
 /* Implemented in Rust, virt/kvm/protmem.rs. */
-struct kvm_protmem *kvm_protmem_create(struct kvm_vm_stat_generic *stats);
+struct kvm_protmem *kvm_protmem_create(struct kvm_vm_stat_generic *stats,
+				       struct kvm_protmem_cache *cache);
 void kvm_protmem_detach(struct kvm_protmem *pm);
 void kvm_protmem_put(struct kvm_protmem *pm);
 int kvm_protmem_populate(struct kvm_protmem *pm, struct inode *inode,
 			 pgoff_t start, pgoff_t end, pgoff_t size, bool blocks);
 void kvm_protmem_free_folio(void *owner);
+void kvm_protmem_settle(struct kvm_protmem *pm);
+struct kvm_protmem_cache *kvm_protmem_cache_create(unsigned int max);
+void kvm_protmem_cache_destroy(struct kvm_protmem_cache *cache);
+void kvm_protmem_cache_resize(struct kvm_protmem_cache *cache, unsigned int max);
+unsigned long kvm_protmem_cache_count(struct kvm_protmem_cache *cache);
+long kvm_protmem_cache_scan(struct kvm_protmem_cache *cache,
+			    unsigned long nr_pages);
 
 /* Implemented in virt/kvm/guest_memfd.c, for the Rust side. */
 bool kvm_gmem_has_folio(struct inode *inode, pgoff_t start, pgoff_t end);
+bool kvm_gmem_has_policy(struct inode *inode, pgoff_t index);
 struct page *kvm_gmem_alloc_pages(struct inode *inode, pgoff_t index,
 				  unsigned int order);
 void kvm_gmem_free_pages(struct page *page, unsigned long nr);
@@ -41,7 +52,8 @@ int kvm_gmem_insert_folio(struct inode *inode, struct folio *folio,
 #else
 /* Without CONFIG_KVM_PROTMEM no guest_memfd has a struct kvm_protmem. */
 static inline struct kvm_protmem *
-kvm_protmem_create(struct kvm_vm_stat_generic *stats)
+kvm_protmem_create(struct kvm_vm_stat_generic *stats,
+		   struct kvm_protmem_cache *cache)
 {
 	return NULL;
 }

@@ -13,6 +13,12 @@
 //! restored whole, never split; or a single page when no 2 MiB block can be had or the range is
 //! partly in use already.
 //!
+//! A 2 MiB block whose pages have all left the page cache is kept off the direct map, up to a
+//! limit, in a [`Cache`] shared by all guest_memfds: it is taken back from the LRU and the memory
+//! cgroup, zeroed through a temporary mapping, and reused for the next 2 MiB range of any
+//! guest_memfd without a removal, a TLB flush or an allocation. A shrinker maps the cached blocks
+//! again and frees them under memory pressure.
+//!
 //! This file is linked into kvm.ko next to `guest_memfd.c`, which calls the functions below; both
 //! sides are declared in `include/linux/kvm_protmem.h`. The direct map is changed only through
 //! [`kernel::mm::direct_map`].
@@ -21,15 +27,15 @@
 
 use core::{mem::ManuallyDrop, ptr::NonNull};
 use kernel::{
-    alloc::KVVec,
+    alloc::{kvec::PushError, KVVec},
     bindings,
     error::to_result,
     mm::direct_map::{Batch, DirectMapPages, Removed},
-    new_spinlock,
+    new_mutex, new_spinlock,
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
-        Arc, ArcBorrow, SpinLock, UniqueArc,
+        Arc, ArcBorrow, Mutex, SpinLock, UniqueArc,
     },
     types::ForeignOwnable,
 };
@@ -80,6 +86,9 @@ impl Drop for Pages {
     }
 }
 
+// SAFETY: A `Pages` is only references to pages, which may be dropped on any thread.
+unsafe impl Send for Pages {}
+
 // SAFETY: By the type invariant the pages are physically contiguous and this value holds a
 // reference to each of them until it is dropped; guest_memfd changes their direct mapping only
 // through the `Removed` that owns them, and frees them only through `Pages::drop`.
@@ -97,8 +106,9 @@ unsafe impl DirectMapPages for Pages {
 ///
 /// Each page of the block that is in the page cache is a folio of its own, whose `private` holds
 /// a reference to the block. Pages that leave the page cache stay allocated, and removed, until
-/// the block's last page leaves it: then the block is mapped again as a whole (a 2 MiB block as
-/// the 2 MiB mapping it was), zeroed and freed.
+/// the block's last page leaves it: then a 2 MiB block goes to the [`Cache`], and a block that
+/// the cache does not keep is mapped again as a whole (a 2 MiB block as the 2 MiB mapping it
+/// was), zeroed and freed.
 ///
 /// A block costs 40 bytes: the `Arc`'s count (8, padded), `first` (8), the `Removed` (16) and
 /// the reference to the guest_memfd's state (8).
@@ -126,10 +136,186 @@ impl Drop for Block {
     fn drop(&mut self) {
         let nr = self.nr_pages();
 
-        // SAFETY: `removed` is dropped once, here, and not used after: it maps the pages again,
-        // then `Pages::drop` zeroes and frees them.
-        unsafe { ManuallyDrop::drop(&mut self.removed) };
+        // SAFETY: `removed` is taken once, here, and not used after.
+        let removed = unsafe { ManuallyDrop::take(&mut self.removed) };
+        // Dropping it instead would map the pages again, then `Pages::drop` zeroes and frees them.
+        self.pm.cache.put(removed);
         self.pm.restored(nr);
+    }
+}
+
+/// Free 2 MiB blocks, kept off the direct map for reuse by any guest_memfd.
+///
+/// A block is *pending* from the moment its last page left the page cache until [`Cache::settle`]
+/// has taken its pages back from the LRU and the memory cgroup (freeing them would have done
+/// that; when the block is freed, the page cache still holds its last page) and zeroed them
+/// through a temporary mapping, with one TLB flush for all the blocks it settles. The block is
+/// then *ready* to be reused with no removal, flush, allocation or zeroing. At most `max` blocks
+/// are kept ready; the others, and blocks that cannot be taken back (someone else holds a page),
+/// are mapped again and freed. The shrinker frees pending and ready blocks alike.
+///
+/// Nothing that can reclaim memory is done with the lock held: the shrinker only try-locks it, and
+/// blocks are freed (mapped again) after it is released.
+#[pin_data]
+struct Cache {
+    #[pin]
+    blocks: Mutex<CacheBlocks>,
+    /// The number of pending blocks, to skip the lock when there are none.
+    nr_pending: Atomic<usize>,
+    /// The number of ready blocks, for the shrinker to count without the lock.
+    nr_ready: Atomic<usize>,
+    /// The most blocks kept ready; 0 turns the cache off.
+    max: Atomic<usize>,
+}
+
+/// The blocks of a [`Cache`].
+struct CacheBlocks {
+    pending: KVec<Removed<Pages>>,
+    ready: KVec<Removed<Pages>>,
+}
+
+impl Cache {
+    /// Keeps the block `removed`, whose pages are not in the page cache any more, for
+    /// [`Cache::settle`]; frees it (mapped again) if it is not a 2 MiB block, or there is no room.
+    fn put(&self, removed: Removed<Pages>) {
+        if removed.nr_pages() != BLOCK_PAGES || self.max.load(Relaxed) == 0 {
+            return;
+        }
+
+        let rejected = {
+            let mut blocks = self.blocks.lock();
+            // GFP_NOWAIT: reclaim could call the shrinker, which needs the lock.
+            if blocks.pending.reserve(1, GFP_NOWAIT).is_err() {
+                Some(removed)
+            } else {
+                match blocks.pending.push_within_capacity(removed) {
+                    Ok(()) => {
+                        self.nr_pending.add(1, Relaxed);
+                        None
+                    }
+                    Err(PushError(removed)) => Some(removed),
+                }
+            }
+        };
+        // Mapped again and freed, outside the lock.
+        drop(rejected);
+    }
+
+    /// Makes the pending blocks ready, or frees them.
+    ///
+    /// Called in process context, after the pages of the pending blocks have left the page cache.
+    fn settle(&self) {
+        if self.nr_pending.load(Relaxed) == 0 {
+            return;
+        }
+
+        let pending = {
+            let mut blocks = self.blocks.lock();
+            self.nr_pending.store(0, Relaxed);
+            core::mem::take(&mut blocks.pending)
+        };
+        let Ok(mut ready) = KVec::<Removed<Pages>>::with_capacity(pending.len(), GFP_KERNEL) else {
+            // Mapped again and freed.
+            return;
+        };
+        let mut batch = Batch::new();
+
+        for mut removed in pending {
+            // SAFETY: The block holds a reference to each of its pages, off the direct map, and
+            // none of them is in a page cache any more.
+            let back = unsafe {
+                bindings::direct_map_reuse_pages(removed.first_page(), removed.nr_pages())
+            };
+            if back == 0 && batch.zero(&mut removed).is_ok() {
+                // There is room for every pending block.
+                let _ = ready.push_within_capacity(removed);
+            }
+            // Otherwise `removed` is mapped again and freed here.
+        }
+        // The temporary mappings leave the TLBs before any of the pages can be reused.
+        batch.flush();
+
+        let mut blocks = self.blocks.lock();
+        let room = self.max.load(Relaxed).saturating_sub(blocks.ready.len());
+        let keep = ready.len().min(room);
+        if keep > 0 && blocks.ready.reserve(keep, GFP_NOWAIT).is_ok() {
+            for _ in 0..keep {
+                if let Some(removed) = ready.pop() {
+                    if blocks.ready.push_within_capacity(removed).is_ok() {
+                        self.nr_ready.add(1, Relaxed);
+                    }
+                }
+            }
+        }
+        drop(blocks);
+        // The rest are mapped again and freed, outside the lock.
+        drop(ready);
+    }
+
+    /// Takes a ready block, zeroed and off the direct map, if there is one.
+    fn take(&self) -> Option<Removed<Pages>> {
+        self.settle();
+        if self.nr_ready.load(Relaxed) == 0 {
+            return None;
+        }
+
+        let removed = self.blocks.lock().ready.pop();
+        if removed.is_some() {
+            self.nr_ready.add(1usize.wrapping_neg(), Relaxed);
+        }
+        removed
+    }
+
+    /// Removes a block, pending ones first, if the lock can be had at once.
+    fn try_pop(&self) -> Option<Option<Removed<Pages>>> {
+        let mut blocks = self.blocks.try_lock()?;
+
+        if let Some(removed) = blocks.pending.pop() {
+            self.nr_pending.add(1usize.wrapping_neg(), Relaxed);
+            return Some(Some(removed));
+        }
+        let removed = blocks.ready.pop();
+        if removed.is_some() {
+            self.nr_ready.add(1usize.wrapping_neg(), Relaxed);
+        }
+        Some(removed)
+    }
+
+    /// Frees blocks, mapped again, until `nr_pages` pages are freed or the cache is empty.
+    ///
+    /// Returns the number of pages freed, or `None` if the cache is busy.
+    fn shrink(&self, nr_pages: usize) -> Option<usize> {
+        let mut freed = 0;
+
+        while freed < nr_pages {
+            match self.try_pop() {
+                Some(Some(removed)) => {
+                    freed += removed.nr_pages();
+                    drop(removed);
+                }
+                Some(None) => break,
+                None if freed == 0 => return None,
+                None => break,
+            }
+        }
+        Some(freed)
+    }
+
+    /// Keeps at most `max` blocks from now on, and frees the blocks beyond that.
+    fn resize(&self, max: usize) {
+        self.max.store(max, Relaxed);
+        self.settle();
+        loop {
+            let removed = {
+                let mut blocks = self.blocks.lock();
+                if blocks.ready.len() <= max {
+                    break;
+                }
+                self.nr_ready.add(1usize.wrapping_neg(), Relaxed);
+                blocks.ready.pop()
+            };
+            drop(removed);
+        }
     }
 }
 
@@ -166,6 +352,8 @@ struct Protmem {
     /// The VM's counters; `None` once the VM lets go of the guest_memfd.
     #[pin]
     stats: SpinLock<Option<StatsPtr>>,
+    /// Where free 2 MiB blocks go, and come from.
+    cache: Arc<Cache>,
 }
 
 impl Protmem {
@@ -189,7 +377,24 @@ impl Protmem {
         }
     }
 
-    /// Counts `nr` pages mapped again.
+    /// Counts `nr` pages taken from the [`Cache`], off the direct map already.
+    fn reused(&self, nr: usize) {
+        if nr == 0 {
+            return;
+        }
+        let stats = self.stats.lock();
+        if let Some(s) = stats.as_ref() {
+            let p = s.0.as_ptr();
+            // SAFETY: As in `removed()`.
+            unsafe {
+                StatsPtr::add(&raw mut (*p).direct_map_pages, nr as u64);
+                StatsPtr::add(&raw mut (*p).direct_map_removals, nr as u64);
+                StatsPtr::add(&raw mut (*p).direct_map_reused, nr as u64);
+            }
+        }
+    }
+
+    /// Counts `nr` pages given back: mapped again, or kept off the direct map by the [`Cache`].
     fn restored(&self, nr: usize) {
         let stats = self.stats.lock();
         if let Some(s) = stats.as_ref() {
@@ -210,17 +415,22 @@ impl Protmem {
 /// # Safety
 ///
 /// `stats` must point to the generic stats of a VM that stays alive until
-/// [`kvm_protmem_detach`] is called.
+/// [`kvm_protmem_detach`] is called; `cache` must come from [`kvm_protmem_cache_create`] and not
+/// have been destroyed.
 #[export]
 pub unsafe extern "C" fn kvm_protmem_create(
     stats: *mut bindings::kvm_vm_stat_generic,
+    cache: *mut bindings::kvm_protmem_cache,
 ) -> *mut bindings::kvm_protmem {
     let Some(stats) = NonNull::new(stats) else {
         return core::ptr::null_mut();
     };
+    // SAFETY: By the safety requirements `cache` came from `into_foreign()` and was not put.
+    let cache = unsafe { <Arc<Cache> as ForeignOwnable>::borrow(cache.cast()) };
     // INVARIANT: by the safety requirements the VM is alive until `kvm_protmem_detach()`.
     let init = pin_init!(Protmem {
         stats <- new_spinlock!(Some(StatsPtr(stats)), "kvm_protmem"),
+        cache: cache.into(),
     });
 
     match Arc::pin_init(init, GFP_KERNEL_ACCOUNT) {
@@ -253,11 +463,121 @@ pub unsafe extern "C" fn kvm_protmem_put(pm: *mut bindings::kvm_protmem) {
     drop(unsafe { <Arc<Protmem> as ForeignOwnable>::from_foreign(pm.cast()) });
 }
 
+/// Creates the cache of free 2 MiB blocks, which keeps at most `max` blocks.
+///
+/// Returns NULL when out of memory.
+#[export]
+pub extern "C" fn kvm_protmem_cache_create(max: c_uint) -> *mut bindings::kvm_protmem_cache {
+    let init = pin_init!(Cache {
+        blocks <- new_mutex!(
+            CacheBlocks {
+                pending: KVec::new(),
+                ready: KVec::new(),
+            },
+            "kvm_protmem_cache"
+        ),
+        nr_pending: Atomic::new(0),
+        nr_ready: Atomic::new(0),
+        max: Atomic::new(max as usize),
+    });
+
+    match Arc::pin_init(init, GFP_KERNEL) {
+        Ok(cache) => cache.into_foreign().cast(),
+        Err(_) => core::ptr::null_mut(),
+    }
+}
+
+/// Frees the blocks of the cache and drops the caller's reference; guest_memfds that still use
+/// it keep theirs, and their blocks are freed when they go.
+///
+/// # Safety
+///
+/// `cache` must come from [`kvm_protmem_cache_create`]; it is destroyed only once, and not used
+/// by the caller after.
+#[export]
+pub unsafe extern "C" fn kvm_protmem_cache_destroy(cache: *mut bindings::kvm_protmem_cache) {
+    // SAFETY: By the safety requirements this is the reference `kvm_protmem_cache_create()`
+    // returned.
+    let cache = unsafe { <Arc<Cache> as ForeignOwnable>::from_foreign(cache.cast()) };
+
+    cache.resize(0);
+}
+
+/// Keeps at most `max` free blocks from now on, and frees the blocks beyond that.
+///
+/// # Safety
+///
+/// `cache` must come from [`kvm_protmem_cache_create`] and not have been destroyed; the caller
+/// may sleep.
+#[export]
+pub unsafe extern "C" fn kvm_protmem_cache_resize(
+    cache: *mut bindings::kvm_protmem_cache,
+    max: c_uint,
+) {
+    // SAFETY: By the safety requirements `cache` came from `into_foreign()` and was not put.
+    let cache = unsafe { <Arc<Cache> as ForeignOwnable>::borrow(cache.cast()) };
+
+    cache.resize(max as usize);
+}
+
+/// Returns the number of pages in free blocks, for the shrinker.
+///
+/// # Safety
+///
+/// `cache` must come from [`kvm_protmem_cache_create`] and not have been destroyed.
+#[export]
+pub unsafe extern "C" fn kvm_protmem_cache_count(
+    cache: *mut bindings::kvm_protmem_cache,
+) -> c_ulong {
+    // SAFETY: By the safety requirements `cache` came from `into_foreign()` and was not put.
+    let cache = unsafe { <Arc<Cache> as ForeignOwnable>::borrow(cache.cast()) };
+    let blocks = cache.nr_pending.load(Relaxed) + cache.nr_ready.load(Relaxed);
+
+    (blocks * BLOCK_PAGES) as c_ulong
+}
+
+/// Frees free blocks, mapped again, until `nr_pages` pages are freed or none is left.
+///
+/// Returns the number of pages freed, or -1 if the cache is busy.
+///
+/// # Safety
+///
+/// `cache` must come from [`kvm_protmem_cache_create`] and not have been destroyed; the caller
+/// may sleep.
+#[export]
+pub unsafe extern "C" fn kvm_protmem_cache_scan(
+    cache: *mut bindings::kvm_protmem_cache,
+    nr_pages: c_ulong,
+) -> c_long {
+    // SAFETY: By the safety requirements `cache` came from `into_foreign()` and was not put.
+    let cache = unsafe { <Arc<Cache> as ForeignOwnable>::borrow(cache.cast()) };
+
+    match cache.shrink(nr_pages) {
+        Some(freed) => freed as c_long,
+        None => -1,
+    }
+}
+
+/// Makes the blocks that the inode's truncation freed ready for reuse.
+///
+/// # Safety
+///
+/// `pm` must come from [`kvm_protmem_create`] and not have been put; the caller may sleep and
+/// must have finished truncating.
+#[export]
+pub unsafe extern "C" fn kvm_protmem_settle(pm: *mut bindings::kvm_protmem) {
+    // SAFETY: By the safety requirements `pm` came from `into_foreign()` and was not put.
+    let pm = unsafe { <Arc<Protmem> as ForeignOwnable>::borrow(pm.cast()) };
+
+    pm.cache.settle();
+}
+
 /// Adds zeroed pages, off the direct map, for every index in `start..end` that has none.
 ///
 /// With `blocks`, an index whose naturally aligned 2 MiB range of the file (below `size`) is
-/// entirely empty gets a 2 MiB [`Block`] for the whole range; other indices, and any index when no
-/// 2 MiB block can be had, get a page of their own.
+/// entirely empty gets a 2 MiB [`Block`] for the whole range, from the [`Cache`] if it has one
+/// (and no mbind() policy applies); other indices, and any index when no 2 MiB block can be had,
+/// get a page of their own.
 ///
 /// All or nothing for the direct map: everything is removed, with one TLB flush for the whole
 /// request, before any of it enters the page cache. If a removal fails, nothing is added and the
@@ -305,7 +625,7 @@ unsafe fn has_page(inode: *mut bindings::inode, start: usize, end: usize) -> boo
 /// Indices below `planned` already have pages planned by this request, which are not in the page
 /// cache yet: a 2 MiB block must not cover them.
 ///
-/// Returns the block and the index of its first page.
+/// Returns the block, the index of its first page, and whether it came from the [`Cache`].
 ///
 /// # Safety
 ///
@@ -318,7 +638,7 @@ unsafe fn new_block(
     planned: usize,
     size: usize,
     blocks: bool,
-) -> Result<(usize, Arc<Block>)> {
+) -> Result<(usize, Arc<Block>, bool)> {
     // Room first: removed pages must not be dropped uncounted.
     let block = UniqueArc::new_uninit(GFP_KERNEL)?;
     let base = index & !(BLOCK_PAGES - 1);
@@ -327,25 +647,31 @@ unsafe fn new_block(
         && base + BLOCK_PAGES <= size
         // SAFETY: `inode` is a live guest_memfd inode.
         && !unsafe { has_page(inode, base, base + BLOCK_PAGES) };
-
     // SAFETY: `inode` is a live guest_memfd inode.
-    let (first, pages) = match whole.then(|| unsafe { Pages::alloc(inode, base, BLOCK_ORDER) }) {
-        Some(Some(pages)) => (base, pages),
+    let cached = (whole && !unsafe { bindings::kvm_gmem_has_policy(inode, base) })
+        .then(|| pm.cache.take())
+        .flatten();
+
+    let (first, removed, reused) = if let Some(removed) = cached {
+        (base, removed, true)
+    } else {
         // SAFETY: `inode` is a live guest_memfd inode.
-        _ => (
-            index,
-            unsafe { Pages::alloc(inode, index, 0) }.ok_or(ENOMEM)?,
-        ),
+        let pages = match whole.then(|| unsafe { Pages::alloc(inode, base, BLOCK_ORDER) }) {
+            Some(Some(pages)) => pages,
+            // SAFETY: `inode` is a live guest_memfd inode.
+            _ => unsafe { Pages::alloc(inode, index, 0) }.ok_or(ENOMEM)?,
+        };
+        let first = if pages.nr == BLOCK_PAGES { base } else { index };
+        (first, batch.remove(pages)?, false)
     };
-    let page = pages.first;
-    let removed = batch.remove(pages)?;
+    let page = NonNull::new(removed.first_page()).ok_or(EINVAL)?;
     let block = block.write(Block {
         first: page,
         removed: ManuallyDrop::new(removed),
         pm: pm.into(),
     });
 
-    Ok((first, block.into()))
+    Ok((first, block.into(), reused))
 }
 
 /// See [`kvm_protmem_populate`].
@@ -363,6 +689,7 @@ unsafe fn populate(
 ) -> Result {
     let mut new: KVVec<(usize, Arc<Block>)> = KVVec::new();
     let mut batch = Batch::new();
+    let mut reused = 0;
 
     let removed = (|| -> Result {
         let mut index = start;
@@ -379,8 +706,11 @@ unsafe fn populate(
             }
             new.reserve(1, GFP_KERNEL)?;
             // SAFETY: As for this function.
-            let (first, block) =
+            let (first, block, cached) =
                 unsafe { new_block(pm, inode, &mut batch, index, planned, size, blocks) }?;
+            if cached {
+                reused += block.nr_pages();
+            }
             index = first + block.nr_pages();
             planned = index;
             if new.push_within_capacity((first, block)).is_err() {
@@ -395,6 +725,7 @@ unsafe fn populate(
     let (nr, splits) = (batch.nr_pages(), batch.nr_splits());
     batch.flush();
     pm.removed(nr, splits);
+    pm.reused(reused);
 
     // On error the blocks are restored and freed as `new` is dropped.
     removed?;

@@ -114,6 +114,13 @@ impl<P: DirectMapPages> Removed<P> {
         self.pages.nr_pages()
     }
 
+    /// Returns the first removed page, e.g. to find the `struct folio` of a page.
+    ///
+    /// The kernel must not read or write the page through the direct map while it is removed.
+    pub fn first_page(&self) -> *mut bindings::page {
+        self.pages.first_page()
+    }
+
     /// Maps the pages again and gives them back.
     ///
     /// Might sleep.
@@ -204,6 +211,30 @@ impl Batch {
         })
     }
 
+    /// Zeroes the pages of `removed` without mapping them again in the direct map.
+    ///
+    /// The pages are written through a temporary mapping, which is flushed from the TLBs with
+    /// the rest of the batch: flush the batch before the pages go to their next user.
+    ///
+    /// Fails with [`ENOMEM`] when no temporary mapping can be made; then the pages are
+    /// unchanged.
+    ///
+    /// Might sleep.
+    ///
+    /// [`ENOMEM`]: crate::error::code::ENOMEM
+    pub fn zero<P: DirectMapPages>(&mut self, removed: &mut Removed<P>) -> Result {
+        // SAFETY: `self.raw` is initialised by the type invariant; `removed` owns its pages, which
+        // are off the direct map by its type invariant, and `&mut` keeps anyone else from using
+        // them through it while they are written.
+        to_result(unsafe {
+            bindings::direct_map_batch_zero(
+                &mut self.raw,
+                removed.pages.first_page(),
+                removed.pages.nr_pages(),
+            )
+        })
+    }
+
     /// Returns the number of pages removed through the batch and not flushed yet.
     pub fn nr_pages(&self) -> usize {
         self.raw.nr_pages
@@ -214,7 +245,8 @@ impl Batch {
         self.raw.nr_splits
     }
 
-    /// Flushes the TLBs of all CPUs, once, for every range removed through the batch.
+    /// Flushes the TLBs of all CPUs, once, for every range removed through the batch (and once
+    /// more for the temporary mappings of [`Batch::zero`], if any).
     ///
     /// Dropping the batch does the same; this only makes the point visible.
     pub fn flush(self) {}
@@ -306,6 +338,28 @@ mod tests {
         assert!(!readable(&a) && !readable(&b));
         drop((ra, rb));
         assert!(readable(&a) && readable(&b));
+        Ok(())
+    }
+
+    #[test]
+    fn zero_without_mapping() -> Result {
+        let page = Page::alloc_page(GFP_KERNEL)?;
+        let secret = [0x5au8; 64];
+        let mut back = [0xffu8; 64];
+
+        // SAFETY: `secret` is valid for reads of its length, which is within the page; nothing
+        // else uses the page.
+        unsafe { page.write_raw(secret.as_ptr(), 0, secret.len())? };
+        let mut removed = Removed::new(Lent(page.as_ptr()))?;
+        let mut batch = Batch::new();
+        batch.zero(&mut removed)?;
+        batch.flush();
+        assert!(!readable(&page));
+        drop(removed);
+        // SAFETY: `back` is valid for writes of its length, which is within the page; the page is
+        // mapped again.
+        unsafe { page.read_raw(back.as_mut_ptr(), 0, back.len())? };
+        assert_eq!(back, [0u8; 64]);
         Ok(())
     }
 }

@@ -1,13 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * Direct-map fragmentation and conversion cost of guest_memfd memory outside
- * the direct map (GUEST_MEMFD_FLAG_NO_DIRECT_MAP), in three modes, in one
+ * the direct map (GUEST_MEMFD_FLAG_NO_DIRECT_MAP), in four modes, in one
  * boot:
  *
  *   plain     guest_memfd without the flag (nothing is removed);
  *   per-page  the flag, with kvm.gmem_no_direct_map_blocks=N (each page is
  *             removed on its own, as earlier proposals did);
- *   blocks    the flag, with 2 MiB blocks (the default).
+ *   blocks    the flag, with 2 MiB blocks (the default), and the cache of free
+ *             blocks off (kvm.gmem_no_direct_map_cache=0): every block is
+ *             allocated, zeroed and removed, and mapped again at teardown;
+ *   cached    the same with the cache holding enough blocks, filled by an
+ *             untimed run before: every block comes from the cache, already
+ *             zeroed and removed.  The cache is emptied before "left" is
+ *             counted.
  *
  * For each size, a software-protected VM converts its memory to private in
  * 2 MiB requests, the way a VMM handles KVM_HC_MAP_GPA_RANGE for memory
@@ -37,10 +43,13 @@
 #include "test_util.h"
 
 #define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
+#define CACHE_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_cache"
 
-enum mode { PLAIN, PER_PAGE, BLOCKS, NR_MODES };
+enum mode { PLAIN, PER_PAGE, BLOCKS, CACHED, NR_MODES };
 
-static const char * const mode_name[NR_MODES] = { "plain", "per-page", "blocks" };
+static const char * const mode_name[NR_MODES] = {
+	"plain", "per-page", "blocks", "cached"
+};
 
 struct counters {
 	u64 removed, restored, flushes, l2_splits, l3_splits, l2_coll, l3_coll;
@@ -57,13 +66,39 @@ static void read_counters(struct counters *c)
 	c->l3_coll = get_vmstat("direct_map_level3_collapses");
 }
 
+static void write_param(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY);
+
+	TEST_ASSERT(fd >= 0, "open %s", path);
+	TEST_ASSERT(write(fd, val, strlen(val)) == (ssize_t)strlen(val),
+		    "write %s", path);
+	close(fd);
+}
+
 static void set_blocks(bool on)
 {
-	int fd = open(BLOCKS_PARAM, O_WRONLY);
+	write_param(BLOCKS_PARAM, on ? "Y" : "N");
+}
 
-	TEST_ASSERT(fd >= 0, "open %s", BLOCKS_PARAM);
-	TEST_ASSERT(write(fd, on ? "Y" : "N", 1) == 1, "write %s", BLOCKS_PARAM);
+/* Lowering the limit frees the blocks beyond it: 0 empties the cache. */
+static void set_cache(u64 blocks)
+{
+	char buf[32];
+
+	snprintf(buf, sizeof(buf), "%lu", blocks);
+	write_param(CACHE_PARAM, buf);
+}
+
+/* Fill the cache with @size of free blocks. */
+static void warm_cache(u64 size)
+{
+	struct kvm_vm *vm = vm_create_barebones_type(KVM_X86_SW_PROTECTED_VM);
+	int fd = vm_create_guest_memfd(vm, size, GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+
+	TEST_ASSERT(!fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size), "warm-up");
 	close(fd);
+	kvm_vm_free(vm);
 }
 
 static double now(void)
@@ -83,14 +118,17 @@ struct result {
 static void run(enum mode mode, u64 size, struct result *r)
 {
 	u64 flags = mode == PLAIN ? 0 : GUEST_MEMFD_FLAG_NO_DIRECT_MAP;
-	struct counters a, b, c;
+	struct counters z, a, b, c;
 	struct kvm_vm *vm;
 	double t0;
 	u64 off;
 	int fd;
 
-	if (mode != PLAIN)
-		set_blocks(mode == BLOCKS);
+	read_counters(&z);
+	set_blocks(mode != PER_PAGE);
+	set_cache(mode == CACHED ? size / SZ_2M : 0);
+	if (mode == CACHED)
+		warm_cache(size);
 
 	vm = vm_create_barebones_type(KVM_X86_SW_PROTECTED_VM);
 	fd = vm_create_guest_memfd(vm, size, flags);
@@ -112,6 +150,7 @@ static void run(enum mode mode, u64 size, struct result *r)
 			       0, size), "punch");
 	close(fd);
 	kvm_vm_free(vm);
+	set_cache(0);
 	read_counters(&c);
 
 	r->flushes = b.flushes - a.flushes;
@@ -120,7 +159,7 @@ static void run(enum mode mode, u64 size, struct result *r)
 	r->l2_coll = c.l2_coll - b.l2_coll;
 	r->l3_coll = c.l3_coll - b.l3_coll;
 	r->removed = b.removed - a.removed;
-	r->left = (c.removed - a.removed) - (c.restored - a.restored);
+	r->left = (c.removed - z.removed) - (c.restored - z.restored);
 }
 
 int main(int argc, char *argv[])
@@ -132,7 +171,7 @@ int main(int argc, char *argv[])
 	TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SW_PROTECTED_VM));
 	TEST_REQUIRE(kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS) &
 		     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
-	TEST_REQUIRE(!access(BLOCKS_PARAM, W_OK));
+	TEST_REQUIRE(!access(BLOCKS_PARAM, W_OK) && !access(CACHE_PARAM, W_OK));
 
 	printf("%-9s %7s %9s %9s %9s %11s %9s %8s %6s\n", "mode", "MiB",
 	       "l2spl/GiB", "l3spl/GiB", "collapsed", "flush/req", "MiB/s",
@@ -172,5 +211,6 @@ int main(int argc, char *argv[])
 		}
 	}
 	set_blocks(true);
+	set_cache(16);
 	return bad;
 }

@@ -9,7 +9,9 @@
  * read from /proc/kcore (CONFIG_PROC_KCORE).  Tests that need them skip
  * without them.  The tests of the "mode" fixture run twice: with memory
  * removed in 2 MiB blocks (the default) and page by page
- * (kvm.gmem_no_direct_map_blocks=N).
+ * (kvm.gmem_no_direct_map_blocks=N), both with the cache of free blocks
+ * turned off (kvm.gmem_no_direct_map_cache=0), which the block_cache tests
+ * turn on.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 
 #include <linux/elf.h>
 #include <linux/falloc.h>
@@ -40,6 +44,7 @@
 
 #define FAIL_DIR	"/sys/kernel/debug/fail_direct_map/"
 #define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
+#define CACHE_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_cache"
 #define BLOCK_PAGES	(SZ_2M / PAGE_SIZE)
 
 /* A word of the secret; the host only ever keeps its complement. */
@@ -72,7 +77,28 @@ static void write_file(const char *path, const char *val)
 	close(fd);
 }
 
+/*
+ * Set the most free 2 MiB blocks the kernel keeps off the direct map, and
+ * return the old limit.  Lowering it frees the blocks beyond the new limit at
+ * once, so 0 empties the cache.
+ */
+static int block_cache(int max)
+{
+	char buf[16] = {};
+	int fd, old;
+
+	fd = open(CACHE_PARAM, O_RDONLY);
+	TEST_ASSERT(fd >= 0, "open %s", CACHE_PARAM);
+	TEST_ASSERT(read(fd, buf, sizeof(buf) - 1) > 0, "read %s", CACHE_PARAM);
+	close(fd);
+	old = atoi(buf);
+	snprintf(buf, sizeof(buf), "%d", max);
+	write_file(CACHE_PARAM, buf);
+	return old;
+}
+
 FIXTURE(mode) {
+	int cache;
 };
 
 FIXTURE_VARIANT(mode) {
@@ -89,15 +115,18 @@ FIXTURE_VARIANT_ADD(mode, per_page) {
 
 FIXTURE_SETUP(mode)
 {
-	if (access(BLOCKS_PARAM, W_OK))
-		SKIP(return, "no %s", BLOCKS_PARAM);
+	if (access(BLOCKS_PARAM, W_OK) || access(CACHE_PARAM, W_OK))
+		SKIP(return, "no %s or %s", BLOCKS_PARAM, CACHE_PARAM);
 	write_file(BLOCKS_PARAM, variant->blocks ? "Y" : "N");
+	self->cache = block_cache(0);
 }
 
 FIXTURE_TEARDOWN(mode)
 {
 	if (!access(BLOCKS_PARAM, W_OK))
 		write_file(BLOCKS_PARAM, "Y");
+	if (!access(CACHE_PARAM, W_OK))
+		block_cache(self->cache);
 }
 
 /* Pages that a fault on one page brings in. */
@@ -322,7 +351,8 @@ TEST(secret_visible_without_flag)
 	secret_test(0, true);
 }
 
-TEST_F(mode, secret_not_in_direct_map)
+/* Reading all of RAM through /proc/kcore twice takes a while on a debug kernel. */
+TEST_F_TIMEOUT(mode, secret_not_in_direct_map, 180)
 {
 	if (access("/proc/kcore", R_OK))
 		SKIP(return, "no /proc/kcore (CONFIG_PROC_KCORE)");
@@ -456,11 +486,13 @@ TEST(blocks_fall_back_to_pages)
 {
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
-	int gmem;
+	int gmem, cache;
 
 	if (access(FAIL_PAGE_DIR "times", W_OK) || access(BLOCKS_PARAM, W_OK))
 		SKIP(return, "no " FAIL_PAGE_DIR " (CONFIG_FAIL_PAGE_ALLOC) or " BLOCKS_PARAM);
 
+	/* A cached block would be used instead of the failing allocation. */
+	cache = block_cache(0);
 	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
 			  &gmem);
 	write_file(BLOCKS_PARAM, "Y");
@@ -487,6 +519,175 @@ TEST(blocks_fall_back_to_pages)
 
 	close(gmem);
 	kvm_vm_free(vm);
+	block_cache(cache);
+}
+
+static void guest_mark_then_check_zero(void)
+{
+	u64 i;
+
+	for (i = 0; i < DATA_PAGES; i++)
+		WRITE_ONCE(*(u64 *)(DATA_GPA + i * PAGE_SIZE), secret_word(i));
+	GUEST_SYNC(1);
+	/* The host punched the memory out and allocated it again. */
+	for (i = 0; i < DATA_PAGES; i++)
+		GUEST_ASSERT_EQ(READ_ONCE(*(u64 *)(DATA_GPA + i * PAGE_SIZE)), 0);
+	GUEST_DONE();
+}
+
+/*
+ * Free 2 MiB blocks stay off the direct map, in the cache, and the next
+ * request takes them from there: no removal, no flush, no restore, and the
+ * guest finds them zeroed.  Lowering the limit to 0 maps them again.
+ */
+TEST(block_cache_reuses_blocks)
+{
+	u64 removed0, restored0;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, cache;
+
+	if (access(CACHE_PARAM, W_OK) || access(BLOCKS_PARAM, W_OK))
+		SKIP(return, "no " CACHE_PARAM " or " BLOCKS_PARAM);
+	write_file(BLOCKS_PARAM, "Y");
+	cache = block_cache(0);
+	block_cache(DATA_PAGES / BLOCK_PAGES);
+	/* After emptying the cache, which restores what it held. */
+	removed0 = get_vmstat("direct_map_removed");
+	restored0 = get_vmstat("direct_map_restored");
+
+	vm = vm_with_gmem(guest_mark_then_check_zero, &vcpu,
+			  GUEST_MEMFD_FLAG_NO_DIRECT_MAP, &gmem);
+	vm_mem_set_private(vm, DATA_GPA, DATA_SIZE);
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_removals), DATA_PAGES);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), 0);
+	run_until(vcpu, UCALL_SYNC);
+
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			    0, DATA_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_restores), DATA_PAGES);
+	/* Kept off the direct map. */
+	ASSERT_EQ(get_vmstat("direct_map_restored") - restored0, 0);
+
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), DATA_PAGES);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
+	ASSERT_EQ(get_vmstat("direct_map_removed") - removed0, DATA_PAGES);
+	run_until(vcpu, UCALL_DONE);
+
+	close(gmem);
+	kvm_vm_free(vm);
+	ASSERT_EQ(get_vmstat("direct_map_restored") - restored0, 0);
+	block_cache(0);
+	ASSERT_EQ(get_vmstat("direct_map_restored") - restored0, DATA_PAGES);
+	block_cache(cache);
+}
+
+/*
+ * The cache keeps no more blocks than its limit, and its shrinker gives
+ * them back when the kernel reclaims (here: drop_caches).
+ */
+TEST(block_cache_limit_and_shrinker)
+{
+	u64 removed0, restored0;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, cache;
+
+	if (access(CACHE_PARAM, W_OK) || access(BLOCKS_PARAM, W_OK))
+		SKIP(return, "no " CACHE_PARAM " or " BLOCKS_PARAM);
+	write_file(BLOCKS_PARAM, "Y");
+	cache = block_cache(0);
+	block_cache(1);
+	removed0 = get_vmstat("direct_map_removed");
+	restored0 = get_vmstat("direct_map_restored");
+
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
+	close(gmem);
+	kvm_vm_free(vm);
+	ASSERT_EQ(get_vmstat("direct_map_removed") - removed0, DATA_PAGES);
+	/* One block kept, the others mapped again. */
+	ASSERT_EQ(get_vmstat("direct_map_restored") - restored0,
+		  DATA_PAGES - BLOCK_PAGES);
+
+	write_file("/proc/sys/vm/drop_caches", "2");
+	ASSERT_EQ(get_vmstat("direct_map_restored") - restored0, DATA_PAGES);
+	block_cache(cache);
+}
+
+#define CG_ROOT		"/sys/fs/cgroup"
+#define CG_TEST		CG_ROOT "/gmem_no_direct_map_test"
+
+static u64 memory_current(void)
+{
+	char buf[32] = {};
+	int fd = open(CG_TEST "/memory.current", O_RDONLY);
+
+	TEST_ASSERT(fd >= 0, "open memory.current");
+	TEST_ASSERT(read(fd, buf, sizeof(buf) - 1) > 0, "read memory.current");
+	close(fd);
+	return strtoull(buf, NULL, 10);
+}
+
+static void move_to_cgroup(const char *cg)
+{
+	char path[128], pid[16];
+
+	snprintf(path, sizeof(path), "%s/cgroup.procs", cg);
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	write_file(path, pid);
+}
+
+/*
+ * Memory outside the direct map is charged to the memory cgroup of the task
+ * that allocates it, uncharged when it leaves the guest_memfd (also into the
+ * block cache), and charged again when it comes back from the cache.
+ */
+TEST(memcg_charges_the_vm)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, cache;
+	u64 c0, c;
+
+	if (access(CACHE_PARAM, W_OK))
+		SKIP(return, "no " CACHE_PARAM);
+	if (access(CG_ROOT "/cgroup.controllers", R_OK))
+		ASSERT_EQ(mount("none", CG_ROOT, "cgroup2", 0, NULL), 0);
+	write_file(CG_ROOT "/cgroup.subtree_control", "+memory");
+	ASSERT_TRUE(!mkdir(CG_TEST, 0755) || errno == EEXIST);
+	move_to_cgroup(CG_TEST);
+	cache = block_cache(0);
+	block_cache(DATA_PAGES / BLOCK_PAGES);
+
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	c0 = memory_current();
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
+	c = memory_current();
+	TH_LOG("memory.current: +%llu KiB for %u KiB", (c - c0) >> 10,
+	       DATA_SIZE >> 10);
+	ASSERT_GE(c - c0, DATA_SIZE);
+	ASSERT_LT(c - c0, DATA_SIZE + SZ_1M);
+
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			    0, DATA_SIZE), 0);
+	ASSERT_LT((s64)(memory_current() - c0), SZ_1M);
+
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), DATA_PAGES);
+	ASSERT_GE(memory_current() - c0, DATA_SIZE);
+
+	close(gmem);
+	kvm_vm_free(vm);
+	block_cache(cache);
+	move_to_cgroup(CG_ROOT);
+	rmdir(CG_TEST);
 }
 
 static void guest_touch(void)
