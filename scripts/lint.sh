@@ -78,6 +78,19 @@ for f in $(git -C "$KP_LINUX" diff --name-only kp-base kvm-protmem -- '*.rst'); 
 done
 [ $rst = 0 ] || kp_die "docutils: new problems in $rst .rst files"
 
+# Sphinx: Documentation/virt, where the series adds and changes documents,
+# builds without a warning (Debian has no graphviz here: its notice aside).
+kp_need sphinx-build:python3-sphinx
+if ! make -C "$KP_LINUX" O="$KP_TREE/htmldocs" htmldocs SPHINXDIRS=virt \
+	>"$KP_LOGS/htmldocs.log" 2>&1; then
+	kp_die "make htmldocs SPHINXDIRS=virt failed" "$KP_LOGS/htmldocs.log"
+fi
+sw=$(grep -E 'WARNING|ERROR' "$KP_LOGS/htmldocs.log" | grep -v 'dot(1) not found')
+if [ -n "$sw" ]; then
+	echo "$sw" | head -n 20 | sed 's/^/  /' >&2
+	kp_die "Sphinx warnings in Documentation/virt" "$KP_LOGS/htmldocs.log"
+fi
+
 # Clippy and rustc: any warning in the last build's log.
 if grep -q ' CLIPPY ' "$KP_LOGS/build.log" 2>/dev/null; then
 	rw=$(grep -nE '^(warning|error)(\[[A-Za-z0-9_]+\])?: ' "$KP_LOGS/build.log" | head -n 20)
@@ -90,4 +103,4 @@ else
 	clippy="clippy not run (the last build compiled no Rust with CLIPPY=1)"
 fi
 
-kp_say "checkpatch --strict clean on $n patches; rustfmtcheck clean; no new kernel-doc warnings; docutils clean on $nrst .rst files; $clippy"
+kp_say "checkpatch --strict clean on $n patches; rustfmtcheck clean; no new kernel-doc warnings; docutils clean on $nrst .rst files; Sphinx (htmldocs, virt) clean; $clippy"

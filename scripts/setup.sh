@@ -19,7 +19,7 @@ KP_PACKAGES="rustc-web rust-web-src rustfmt-web rust-web-clippy cargo-web
 clang-19 lld-19 llvm-19 libclang-19-dev
 qemu-system-x86 busybox-static cpio
 make gcc libc6-dev bc flex bison libelf-dev libssl-dev ccache rsync
-python3 python3-docutils xz-utils git kmod perl"
+python3 python3-docutils python3-sphinx xz-utils git kmod perl"
 KP_BINDGEN_MIN=0.71.1
 
 [ "$(id -u)" = 0 ] || kp_die "run as root (it installs Debian packages)"
