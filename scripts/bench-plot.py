@@ -51,6 +51,11 @@ def derived(r):
     }
 
 
+def largest(rows, mode):
+    """The row of `mode` at the largest size, or None if the mode did not run."""
+    return max((r for r in rows if r['mode'] == mode), key=lambda r: r['mib'], default=None)
+
+
 def table(rows):
     out = ['| mode | MiB | level-2 splits/GiB | level-3 splits/GiB | split ranges collapsed after teardown | TLB flushes/request | MiB/s | rate vs plain | pages left removed |',
            '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
@@ -59,9 +64,8 @@ def table(rows):
         out.append('| %s | %d | %.1f | %.1f | %.1f%% | %.3f | %.1f | %.2fx | %d |' % (
             r['mode'], r['mib'], d['l2_per_gib'], d['l3_per_gib'], d['collapsed'],
             d['flush_per_req'], d['mib_s'], r['vs_plain'], r['left']))
-    blocks = [r for r in rows if r['mode'] == 'blocks']
-    if blocks:
-        big = max(blocks, key=lambda r: r['mib'])
+    big = largest(rows, 'blocks')
+    if big:
         d = derived(big)
         out.append('')
         out.append('Targets, for `blocks` at %d MiB: level-2 splits/GiB = 0: %s (%.1f); '
@@ -73,9 +77,8 @@ def table(rows):
                        'met' if d['flush_per_req'] <= 1 else 'missed', d['flush_per_req'],
                        'met' if big['vs_plain'] >= 0.8 else 'missed', big['vs_plain'],
                        'met' if big['left'] == 0 else 'missed', big['left']))
-    cached = [r for r in rows if r['mode'] == 'cached']
-    if cached:
-        big = max(cached, key=lambda r: r['mib'])
+    big = largest(rows, 'cached')
+    if big:
         d = derived(big)
         out.append('')
         out.append('From a warm block cache (`cached`) at %d MiB: rate %.2fx plain '

@@ -124,11 +124,14 @@ static void run(enum mode mode, u64 size, struct result *r)
 	u64 off;
 	int fd;
 
+	/* Empty the cache first: restoring what it held is not this run's. */
+	set_cache(0);
 	read_counters(&z);
 	set_blocks(mode != PER_PAGE);
-	set_cache(mode == CACHED ? size / SZ_2M : 0);
-	if (mode == CACHED)
+	if (mode == CACHED) {
+		set_cache(size / SZ_2M);
 		warm_cache(size);
+	}
 
 	vm = vm_create_barebones_type(KVM_X86_SW_PROTECTED_VM);
 	fd = vm_create_guest_memfd(vm, size, flags);
