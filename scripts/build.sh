@@ -18,12 +18,18 @@ kp_need clang-19 ld.lld-19:lld-19 ccache rustc:rustc-web bindgen:bindgen-cli fle
 [ -d "$KP_LINUX/.git" ] || kp_die "no kernel tree at $KP_LINUX (run scripts/kp apply)"
 
 FRAGMENT=${KP_CONFIG_FRAGMENT:-$KP_TOP/configs/kvm-protmem.config}
-if [ "${KP_VARIANT:-}" = debug ]; then
-	# The debug kernel: the test kernel's options, then the debug ones.
+case "${KP_VARIANT:-}" in
+debug | kasan)
+	# The debug kernel: the test kernel's options, then the debug ones
+	# (and for kasan, KASAN's).
 	mkdir -p "$KP_BUILD"
-	cat "$FRAGMENT" "$KP_TOP/configs/debug.config" >"$KP_BUILD/kp-debug.config"
-	FRAGMENT=$KP_BUILD/kp-debug.config
-fi
+	extra=()
+	[ "$KP_VARIANT" = kasan ] && extra=("$KP_TOP/configs/kasan.config")
+	cat "$FRAGMENT" "$KP_TOP/configs/debug.config" "${extra[@]}" \
+		>"$KP_BUILD/kp-$KP_VARIANT.config"
+	FRAGMENT=$KP_BUILD/kp-$KP_VARIANT.config
+	;;
+esac
 export CCACHE_DIR=${CCACHE_DIR:-$KP_WORK/ccache}
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-8G}
 # ccache must not hash the absolute paths of the build directory away from

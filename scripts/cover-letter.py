@@ -6,7 +6,8 @@ Usage: cover-letter.py TEMPLATE RESULTS_DIR BASE_COMMIT SUBJECTS_FILE DIFFSTAT_F
 
 @NR@ is the number of patches, @TESTS@ the test counts of
 RESULTS_DIR/summary.txt (per suite, and the final line), @BENCH@ the table
-of RESULTS_DIR/bench.txt as plain text, @SHORTLOG@ the patch subjects,
+of RESULTS_DIR/bench.txt as plain text, @FIGURES@ the reliability figures
+of RESULTS_DIR/figures.md (scripts/figures.py), @SHORTLOG@ the patch subjects,
 @DIFFSTAT@ the diffstat, @BASE@ the base commit.  Nothing is typed in: the
 figures are those that scripts/kp record copied from a run.
 """
@@ -77,6 +78,25 @@ def bench(results):
     return '\n'.join(out)
 
 
+def figures(results):
+    path = os.path.join(results, 'figures.md')
+    if not os.path.exists(path):
+        return '  (no figures recorded: run scripts/kp test, then scripts/kp record)'
+    rows = []
+    for line in open(path):
+        if line.startswith('|'):
+            cells = [c.strip() for c in line.strip().strip('|').split('|')]
+            if not all(set(c) <= set('-: ') for c in cells):
+                rows.append(cells)
+    head, out = rows[0], []
+    for r in rows[1:]:
+        out.append('  %s:' % r[0])
+        for h, c in zip(head[1:], r[1:]):
+            out.extend(textwrap.wrap('%s: %s' % (h, c), 72, initial_indent='   - ',
+                                     subsequent_indent='     '))
+    return '\n'.join(out)
+
+
 def main():
     tmpl, results, base, subjects, diffstat = sys.argv[1:6]
     subj = [l.rstrip('\n') for l in open(subjects) if l.strip()]
@@ -84,7 +104,8 @@ def main():
     text = open(tmpl).read()
     for key, val in (('@NR@', '%02d' % len(subj)), ('@TESTS@', tests(results)),
                      ('@TESTS_DEBUG@', tests(results, 'summary-debug.txt')),
-                     ('@BENCH@', bench(results)), ('@SHORTLOG@', shortlog),
+                     ('@BENCH@', bench(results)), ('@FIGURES@', figures(results)),
+                     ('@SHORTLOG@', shortlog),
                      ('@DIFFSTAT@', open(diffstat).read().rstrip('\n')),
                      ('@BASE@', base)):
         text = text.replace(key, val)

@@ -18,6 +18,13 @@ if [ -s "$debug_run/summary.txt" ] && [ "$debug_run/summary.txt" -nt "$KP_RUN/su
 else
 	rm -f "$out/summary-debug.txt"
 fi
+# And the KASAN kernel's.
+kasan_run=$KP_TREE/run-kasan
+if [ -s "$kasan_run/summary.txt" ] && [ "$kasan_run/summary.txt" -nt "$KP_RUN/summary.txt" ]; then
+	cp "$kasan_run/summary.txt" "$out/summary-kasan.txt"
+else
+	rm -f "$out/summary-kasan.txt"
+fi
 for f in bench.csv bench.txt bench.svg; do
 	if [ -f "$KP_RUN/$f" ]; then
 		cp "$KP_RUN/$f" "$out/$f"
@@ -26,6 +33,17 @@ for f in bench.csv bench.txt bench.svg; do
 	fi
 done
 grep '^# kp: vmstat:' "$KP_RUN/results.ktap" | sed 's/^# kp: vmstat: //' >"$out/vmstat-end.txt"
+# The reliability figures of every kernel's last run, into results/ and into
+# the README between its two "kp-figures" markers.
+python3 "$KP_TOP/scripts/figures.py" "$KP_TREE" >"$out/figures.md" || kp_die "figures.py failed"
+python3 - "$KP_TOP/README.md" "$out/figures.md" <<'PY' || kp_die "cannot update the README's figures"
+import sys
+readme, figs = sys.argv[1], open(sys.argv[2]).read()
+text = open(readme).read()
+begin, end = '<!-- kp-figures: begin -->\n', '<!-- kp-figures: end -->'
+i, j = text.index(begin) + len(begin), text.index(end)
+open(readme, 'w').write(text[:i] + figs + text[j:])
+PY
 kp_say "copied the last run's summary, vmstat and benchmark into $out"
 # The cover letter quotes results/: write it again.
 "$KP_TOP/scripts/series.sh" export

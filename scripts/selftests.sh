@@ -18,10 +18,19 @@ targets=$(awk '!/^#/ && NF { print "'"$OUT"'/" $1 }' "$LIST")
 
 kp_timer_start
 mkdir -p "$OUT"
+# The test sources the series adds or changes are compiled every time, so
+# that their warnings show (and fail this step) even when nothing changed.
+ours=$(git -C "$KP_LINUX" diff --name-only kp-base -- 'tools/testing/selftests/kvm/*.c' 2>/dev/null)
+for f in $ours; do touch "$KP_LINUX/$f"; done
 # shellcheck disable=SC2086
 if ! kp_log make -C "$KP_LINUX/tools/testing/selftests/kvm" -j"$KP_JOBS" ARCH=x86_64 \
 	OUTPUT="$OUT" KHDR_INCLUDES="-isystem $KP_BUILD/usr/include" $targets; then
 	grep -E 'error:|Error [0-9]|No rule' "$KP_LOGS/selftests.log" | head -n 20 | sed 's/^/  /' >&2
 	kp_die "selftest build failed"
 fi
-kp_say "built $(echo $targets | wc -w) tests in $OUT ($(kp_timer_end)s)"
+warnings=$(for f in $ours; do grep -F "$(basename "$f"):" "$KP_LOGS/selftests.log" | grep -E 'warning:'; done)
+if [ -n "$warnings" ]; then
+	echo "$warnings" | head -n 20 | sed 's/^/  /' >&2
+	kp_die "warnings in the series' selftests"
+fi
+kp_say "built $(echo $targets | wc -w) tests in $OUT ($(kp_timer_end)s; $(echo $ours | wc -w) of the series' sources compiled afresh, no warnings)"

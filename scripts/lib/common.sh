@@ -18,12 +18,14 @@ fi
 KP_LINUX=$KP_TREE/linux
 # KP_VARIANT=debug: the debug kernel (configs/debug.config on top of
 # configs/kvm-protmem.config), built, booted and logged in directories of its
-# own, from the same tree.
+# own, from the same tree.  KP_VARIANT=kasan: the debug kernel with
+# configs/kasan.config on top (scripts/kp kasan; not part of 'test').
 case "${KP_VARIANT:-}" in
 '') KP_SUFFIX= ;;
 debug) KP_SUFFIX=-debug ;;
+kasan) KP_SUFFIX=-kasan ;;
 *)
-	echo "kp: unknown KP_VARIANT '$KP_VARIANT' (known: debug)" >&2
+	echo "kp: unknown KP_VARIANT '$KP_VARIANT' (known: debug, kasan)" >&2
 	exit 2
 	;;
 esac

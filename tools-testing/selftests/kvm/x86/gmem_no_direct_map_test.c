@@ -5,19 +5,21 @@
  * the stats, and the errors when removing memory from the direct map fails.
  *
  * The failures are injected with the fail_direct_map fault point
- * (CONFIG_FAIL_DIRECT_MAP, debugfs); the host kernel's view of the memory is
- * read from /proc/kcore (CONFIG_PROC_KCORE).  Tests that need them skip
- * without them.  The tests of the "mode" fixture run twice: with memory
- * removed in 2 MiB blocks (the default) and page by page
- * (kvm.gmem_no_direct_map_blocks=N), both with the cache of free blocks
- * turned off (kvm.gmem_no_direct_map_cache=0), which the block_cache tests
- * turn on.
+ * (CONFIG_FAIL_DIRECT_MAP, debugfs), and by the fail_nth tests also with
+ * fail_page_alloc and failslab (CONFIG_FAIL_PAGE_ALLOC, CONFIG_FAILSLAB);
+ * the host kernel's view of the memory is read from /proc/kcore
+ * (CONFIG_PROC_KCORE).  Tests that need them skip without them.  The tests
+ * of the "mode" fixture run twice: with memory removed in 2 MiB blocks (the
+ * default) and page by page (kvm.gmem_no_direct_map_blocks=N), both with the
+ * cache of free blocks turned off (kvm.gmem_no_direct_map_cache=0), which the
+ * block_cache tests turn on.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -40,17 +42,31 @@
 #define DATA_PAGES	(DATA_SIZE / PAGE_SIZE)
 
 #define SECRET_WORDS	8
-#define SECRET_SEED	0x6b766d2d70726f74ULL	/* "kvm-prot" */
 
 #define FAIL_DIR	"/sys/kernel/debug/fail_direct_map/"
 #define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
 #define CACHE_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_cache"
 #define BLOCK_PAGES	(SZ_2M / PAGE_SIZE)
 
+/*
+ * Each test that writes a secret picks a new one: memory freed by an earlier
+ * test (plain guest_memfd does not clear it) may still hold the last one.
+ */
+static u64 secret_seed;
+
+static void new_secret(struct kvm_vm *vm)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	secret_seed = ((u64)getpid() << 40) ^ ((u64)ts.tv_sec << 30) ^ ts.tv_nsec;
+	sync_global_to_guest(vm, secret_seed);
+}
+
 /* A word of the secret; the host only ever keeps its complement. */
 static u64 secret_word(int i)
 {
-	u64 x = SECRET_SEED + i * 0x9e3779b97f4a7c15ULL;
+	u64 x = secret_seed + i * 0x9e3779b97f4a7c15ULL;
 
 	x ^= x >> 31;
 	x *= 0xbf58476d1ce4e5b9ULL;
@@ -328,6 +344,7 @@ static void secret_test(u64 flags, bool visible)
 	int gmem;
 
 	vm = vm_with_gmem(guest_write_secret, &vcpu, flags, &gmem);
+	new_secret(vm);
 	vm_mem_set_private(vm, DATA_GPA, DATA_SIZE);
 
 	run_until(vcpu, UCALL_SYNC);
@@ -408,7 +425,8 @@ TEST_F(mode, stats_follow_the_page_cache)
 	TH_LOG("%s: %lu splits (level 2: %lu) for %lu pages",
 	       variant->blocks ? "blocks" : "per page",
 	       vm_get_stat(vm, direct_map_splits),
-	       get_vmstat("direct_map_level2_splits") - l2_splits0, DATA_PAGES);
+	       get_vmstat("direct_map_level2_splits") - l2_splits0,
+	       (u64)DATA_PAGES);
 
 	/* Already there: nothing to do. */
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
@@ -685,7 +703,7 @@ TEST_F(block_cache, memcg_charges_the_vm)
 	c0 = memory_current();
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
 	c = memory_current();
-	TH_LOG("memory.current: +%llu KiB for %u KiB", (c - c0) >> 10,
+	TH_LOG("memory.current: +%lu KiB for %u KiB", (c - c0) >> 10,
 	       DATA_SIZE >> 10);
 	ASSERT_GE(c - c0, DATA_SIZE - stock);
 	ASSERT_LT(c - c0, DATA_SIZE + SZ_1M);
@@ -867,6 +885,714 @@ TEST_F(mode, map_gpa_range_enomem)
 
 	close(gmem);
 	kvm_vm_free(vm);
+}
+
+#define FAIL_NTH	"/proc/thread-self/fail-nth"
+#define FAIL_NTH_MAX	5000
+#define FAIL_SLAB_DIR	"/sys/kernel/debug/failslab/"
+/* Free pages a test may end with fewer of: what KVM or the harness keep. */
+#define NTH_FREE_SLACK	256
+
+/*
+ * The fail_nth tests fail, in turn, every step of every path that takes
+ * memory off the direct map: fallocate(), a fault in KVM_RUN, the round trip
+ * of KVM_HC_MAP_GPA_RANGE through the VMM, and a change of attributes.  A
+ * step is any fault-injection site the thread passes: each removal
+ * (fail_direct_map) and, once fail_page_alloc and failslab are told not to
+ * ignore them, every page and slab allocation, including the folios, the
+ * 2 MiB blocks, KVM's page tables and the Rust component's own objects.
+ * /proc/thread-self/fail-nth fails the nth site from now, for n = 1, 2, ...
+ * until the call gets through without reaching it.
+ *
+ * A call that hits the failure either fails with ENOMEM and leaves nothing
+ * half-done, or absorbs it (a block that falls back to pages); either way the
+ * VM goes on and the same call then succeeds.  At the end every page taken
+ * off the direct map is back on it, and the free pages are back to where
+ * they were.
+ *
+ * Page by page, every page is a few steps more: those tests take 1 MiB, the
+ * others 4 MiB (two blocks).
+ */
+static u64 nth_size;
+
+struct nth {
+	struct kvm_vm *vm;
+	struct kvm_vcpu *vcpu;
+	int gmem;
+	u64 fault_pages;
+	/* map_gpa_range: the VMM's answer, once it has given it. */
+	bool answered;
+	u64 hc_ret;
+	int guest_enomem;
+	/* fallocate: failed calls that left a prefix of the range in. */
+	int partial;
+};
+
+/* What one run of a path found; the figures the tests print. */
+struct nth_count {
+	int steps, failed, absorbed;
+};
+
+/* Where the counters were before a test. */
+struct nth_base {
+	u64 removed, restored;
+	s64 free;
+};
+
+FIXTURE(fail_nth) {
+	int cache, fd;
+	struct nth_base base;
+};
+
+FIXTURE_VARIANT(fail_nth) {
+	const char *name;
+	bool blocks;
+	bool cached;
+};
+
+FIXTURE_VARIANT_ADD(fail_nth, blocks) {
+	.name = "blocks",
+	.blocks = true,
+};
+
+FIXTURE_VARIANT_ADD(fail_nth, per_page) {
+	.name = "per_page",
+	.blocks = false,
+};
+
+/* Blocks taken from the cache of free blocks. */
+FIXTURE_VARIANT_ADD(fail_nth, cached) {
+	.name = "cached",
+	.blocks = true,
+	.cached = true,
+};
+
+static void fail_alloc_all(bool all)
+{
+	write_file(FAIL_PAGE_DIR "ignore-gfp-wait", all ? "N" : "Y");
+	write_file(FAIL_PAGE_DIR "ignore-gfp-highmem", all ? "N" : "Y");
+	write_file(FAIL_PAGE_DIR "min-order", all ? "0" : "1");
+	write_file(FAIL_SLAB_DIR "ignore-gfp-wait", all ? "N" : "Y");
+}
+
+static void nth_warm_up(void)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem;
+
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	TEST_ASSERT(!fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE),
+		    "fallocate");
+	vcpu_run(vcpu);
+	close(gmem);
+	kvm_vm_free(vm);
+}
+
+FIXTURE_SETUP(fail_nth)
+{
+	if (access(FAIL_NTH, W_OK) || !can_inject() ||
+	    access(FAIL_PAGE_DIR "times", W_OK) ||
+	    access(FAIL_SLAB_DIR "times", W_OK) || access(BLOCKS_PARAM, W_OK) ||
+	    access(CACHE_PARAM, W_OK))
+		SKIP(return, "no " FAIL_NTH ", fail_direct_map, fail_page_alloc, failslab or "
+		     CACHE_PARAM);
+	self->fd = open(FAIL_NTH, O_RDWR);
+	ASSERT_GE(self->fd, 0);
+	write_file(BLOCKS_PARAM, variant->blocks ? "Y" : "N");
+	self->cache = block_cache(0);
+	nth_size = variant->blocks ? DATA_SIZE : SZ_1M;
+	/* What the first VM of a process allocates for good is not a leak. */
+	nth_warm_up();
+	self->base.removed = get_vmstat("direct_map_removed");
+	self->base.restored = get_vmstat("direct_map_restored");
+	self->base.free = get_free_pages();
+	/* fail-nth ignores the probability: 0 keeps other threads out. */
+	inject_off();
+	write_file(FAIL_DIR "probability", "0");
+	write_file(FAIL_PAGE_DIR "verbose", "0");
+	write_file(FAIL_PAGE_DIR "probability", "0");
+	write_file(FAIL_SLAB_DIR "verbose", "0");
+	write_file(FAIL_SLAB_DIR "probability", "0");
+	fail_alloc_all(true);
+}
+
+FIXTURE_TEARDOWN(fail_nth)
+{
+	if (access(FAIL_NTH, W_OK))
+		return;
+	fail_alloc_all(false);
+	block_cache(self->cache);
+}
+
+static void fail_nth(int fd, int n)
+{
+	char buf[16];
+	int len = snprintf(buf, sizeof(buf), "%d", n);
+
+	TEST_ASSERT(pwrite(fd, buf, len, 0) == len, "write %d to " FAIL_NTH, n);
+}
+
+/* Turn fail-nth off, and return whether the failure was injected. */
+static bool fail_nth_hit(int fd)
+{
+	char buf[16] = {};
+
+	TEST_ASSERT(pread(fd, buf, sizeof(buf) - 1, 0) > 0, "read " FAIL_NTH);
+	fail_nth(fd, 0);
+	return atoi(buf) == 0;
+}
+
+static void nth_setup(struct nth *t, void *guest_code, bool blocks)
+{
+	memset(t, 0, sizeof(*t));
+	t->vm = vm_with_gmem(guest_code, &t->vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			     &t->gmem);
+	t->fault_pages = fault_pages(blocks);
+	sync_global_to_guest(t->vm, nth_size);
+}
+
+static u64 nth_pages(struct nth *t)
+{
+	return vm_get_stat(t->vm, direct_map_pages);
+}
+
+static void nth_punch(struct nth *t)
+{
+	TEST_ASSERT(!fallocate(t->gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			       0, nth_size), "punch hole");
+	TEST_ASSERT_EQ(nth_pages(t), 0);
+}
+
+/*
+ * One path: @call (0 or -errno) with the nth step failing, for every n;
+ * @failed checks what a failed call left, @done what a successful one did,
+ * @undo goes back to where @call starts.
+ */
+static struct nth_count every_step(int fd, struct nth *t, const char *name,
+				   int (*call)(struct nth *t),
+				   void (*failed)(struct nth *t),
+				   void (*done)(struct nth *t),
+				   void (*undo)(struct nth *t))
+{
+	struct nth_count c = {};
+	int n, r;
+
+	for (n = 1;; n++) {
+		bool hit;
+
+		TEST_ASSERT(n <= FAIL_NTH_MAX, "%s: more than %d steps", name,
+			    FAIL_NTH_MAX);
+		fail_nth(fd, n);
+		r = call(t);
+		hit = fail_nth_hit(fd);
+		TEST_ASSERT(!r || hit, "%s: %s without a failure", name,
+			    strerror(-r));
+		if (!hit) {
+			c.steps = n - 1;
+			done(t);
+			undo(t);
+			break;
+		}
+		if (r) {
+			TEST_ASSERT(r == -ENOMEM, "%s: step %d: %s, not ENOMEM",
+				    name, n, strerror(-r));
+			c.failed++;
+			failed(t);
+			/* The VM goes on: the same call works. */
+			r = call(t);
+			TEST_ASSERT(!r, "%s: step %d, again: %s", name, n,
+				    strerror(-r));
+		} else {
+			c.absorbed++;
+		}
+		done(t);
+		undo(t);
+	}
+	return c;
+}
+
+/* Close the VM; nothing may stay off the direct map, or leak. */
+static void nth_finish(struct __test_metadata *_metadata,
+		       const struct nth_base *base, struct nth *t,
+		       const char *variant, struct nth_count c)
+{
+	s64 free_delta;
+
+	close(t->gmem);
+	kvm_vm_free(t->vm);
+	block_cache(0);
+	free_delta = get_free_pages() - base->free;
+	printf("# kp-figure: fail-nth %s %s: %d steps failed in turn: ",
+	       variant, _metadata->name, c.steps);
+	printf("%d calls failed with ENOMEM, %d failures absorbed ", c.failed,
+	       c.absorbed);
+	printf("(%d answered -KVM_ENOMEM to the guest); free pages %+lld\n",
+	       t->guest_enomem, (long long)free_delta);
+	ASSERT_GT(c.steps, 0);
+	ASSERT_EQ(get_vmstat("direct_map_removed") - base->removed,
+		  get_vmstat("direct_map_restored") - base->restored);
+	ASSERT_GT(free_delta, -NTH_FREE_SLACK);
+}
+
+/* With the cache on, two free blocks are in it before each call. */
+static void nth_fill_cache(struct nth *t, bool cached)
+{
+	if (!cached)
+		return;
+	block_cache(DATA_PAGES / BLOCK_PAGES);
+	TEST_ASSERT(!fallocate(t->gmem, FALLOC_FL_KEEP_SIZE, 0, nth_size),
+		    "fallocate");
+	nth_punch(t);
+}
+
+static int nth_fallocate(struct nth *t)
+{
+	return fallocate(t->gmem, FALLOC_FL_KEEP_SIZE, 0, nth_size) ? -errno : 0;
+}
+
+/* Some pages may be in (a prefix of the range), but no more than asked. */
+static void nth_fallocate_failed(struct nth *t)
+{
+	TEST_ASSERT(nth_pages(t) < nth_size / PAGE_SIZE,
+		    "%lu pages after ENOMEM", nth_pages(t));
+	t->partial += nth_pages(t) > 0;
+}
+
+static void nth_fallocate_done(struct nth *t)
+{
+	TEST_ASSERT_EQ(nth_pages(t), nth_size / PAGE_SIZE);
+}
+
+TEST_F_TIMEOUT(fail_nth, fallocate, 300)
+{
+	struct nth t;
+	struct nth_count c;
+
+	nth_setup(&t, guest_nothing, variant->blocks);
+	nth_fill_cache(&t, variant->cached);
+	c = every_step(self->fd, &t, "fallocate", nth_fallocate,
+		       nth_fallocate_failed, nth_fallocate_done, nth_punch);
+	printf("# %d of the %d failed calls left a prefix of the range in\n",
+	       t.partial, c.failed);
+	nth_finish(_metadata, &self->base, &t, variant->name, c);
+}
+
+static void guest_touch_loop(void)
+{
+	u64 i;
+
+	for (i = 1;; i++) {
+		WRITE_ONCE(*(u64 *)DATA_GPA, i);
+		GUEST_SYNC(i);
+	}
+}
+
+/* KVM_RUN alone: _vcpu_run() also reads the registers, a step of its own. */
+static int nth_run(struct nth *t)
+{
+	int r;
+
+	do {
+		r = __vcpu_run(t->vcpu);
+	} while (r && errno == EINTR);
+	return r ? -errno : 0;
+}
+
+/* A block, or a page when no block could be had. */
+static void nth_run_failed(struct nth *t)
+{
+	u64 pages = nth_pages(t);
+
+	TEST_ASSERT(pages == 0 || pages == 1 || pages == t->fault_pages,
+		    "%lu pages after ENOMEM", pages);
+}
+
+static void nth_run_done(struct nth *t)
+{
+	u64 pages = nth_pages(t);
+	struct ucall uc;
+
+	TEST_ASSERT_KVM_EXIT_REASON(t->vcpu, KVM_EXIT_IO);
+	TEST_ASSERT_EQ(get_ucall(t->vcpu, &uc), UCALL_SYNC);
+	TEST_ASSERT(pages == 1 || pages == t->fault_pages, "%lu pages", pages);
+}
+
+TEST_F_TIMEOUT(fail_nth, fault, 300)
+{
+	struct nth t;
+	struct nth_count c;
+
+	nth_setup(&t, guest_touch_loop, variant->blocks);
+	vm_mem_set_private(t.vm, DATA_GPA, DATA_SIZE);
+	nth_fill_cache(&t, variant->cached);
+	c = every_step(self->fd, &t, "fault", nth_run, nth_run_failed,
+		       nth_run_done, nth_punch);
+	nth_finish(_metadata, &self->base, &t, variant->name, c);
+}
+
+static void guest_map_loop(void)
+{
+	for (;;)
+		GUEST_SYNC(__kvm_hypercall_map_gpa_range(DATA_GPA, nth_size,
+							 MAP_GPA_PRIVATE_ATTR));
+}
+
+static int nth_set_attributes(struct nth *t, u64 attributes)
+{
+	struct kvm_memory_attributes attr = {
+		.attributes = attributes,
+		.address = DATA_GPA,
+		.size = nth_size,
+	};
+
+	return __vm_ioctl(t->vm, KVM_SET_MEMORY_ATTRIBUTES, &attr) ? -errno : 0;
+}
+
+/*
+ * The VMM's side of the hypercall, and the KVM_RUN that gives the guest the
+ * answer: vmm_map_gpa_range(), except that when it answers -KVM_ENOMEM the
+ * VMM first gives back what it allocated.
+ */
+static int nth_map_gpa_range(struct nth *t)
+{
+	int r;
+
+	if (!t->answered) {
+		if (fallocate(t->gmem, FALLOC_FL_KEEP_SIZE, 0, nth_size)) {
+			TEST_ASSERT(errno == ENOMEM, "fallocate: %s", strerror(errno));
+			t->hc_ret = -KVM_ENOMEM;
+		} else {
+			r = nth_set_attributes(t, KVM_MEMORY_ATTRIBUTE_PRIVATE);
+			TEST_ASSERT(!r || r == -ENOMEM, "attributes: %s", strerror(-r));
+			t->hc_ret = r ? -KVM_ENOMEM : 0;
+		}
+		if (t->hc_ret) {
+			t->guest_enomem++;
+			TEST_ASSERT(!fallocate(t->gmem, FALLOC_FL_KEEP_SIZE |
+					       FALLOC_FL_PUNCH_HOLE, 0, nth_size),
+				    "punch hole");
+		}
+		t->vcpu->run->hypercall.ret = t->hc_ret;
+		t->answered = true;
+	}
+	/* If KVM_RUN fails, the hypercall is complete all the same. */
+	return nth_run(t);
+}
+
+static void nth_map_gpa_range_pages(struct nth *t)
+{
+	TEST_ASSERT_EQ(nth_pages(t), t->hc_ret ? 0 : nth_size / PAGE_SIZE);
+}
+
+/* The guest got the VMM's answer; the memory is there if it was yes. */
+static void nth_map_gpa_range_done(struct nth *t)
+{
+	struct ucall uc;
+
+	TEST_ASSERT_KVM_EXIT_REASON(t->vcpu, KVM_EXIT_IO);
+	TEST_ASSERT_EQ(get_ucall(t->vcpu, &uc), UCALL_SYNC);
+	TEST_ASSERT_EQ(uc.args[1], t->hc_ret);
+	nth_map_gpa_range_pages(t);
+}
+
+/* Back to shared and empty, and the guest's next hypercall. */
+static void nth_map_gpa_range_undo(struct nth *t)
+{
+	TEST_ASSERT_EQ(nth_set_attributes(t, 0), 0);
+	nth_punch(t);
+	vcpu_run(t->vcpu);
+	TEST_ASSERT_KVM_EXIT_REASON(t->vcpu, KVM_EXIT_HYPERCALL);
+	t->answered = false;
+}
+
+TEST_F_TIMEOUT(fail_nth, map_gpa_range, 300)
+{
+	struct nth t;
+	struct nth_count c;
+
+	nth_setup(&t, guest_map_loop, variant->blocks);
+	vm_enable_cap(t.vm, KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE);
+	nth_fill_cache(&t, variant->cached);
+	nth_map_gpa_range_undo(&t);
+	c = every_step(self->fd, &t, "map_gpa_range", nth_map_gpa_range,
+		       nth_map_gpa_range_pages, nth_map_gpa_range_done,
+		       nth_map_gpa_range_undo);
+	nth_finish(_metadata, &self->base, &t, variant->name, c);
+}
+
+static int nth_to_private(struct nth *t)
+{
+	return nth_set_attributes(t, KVM_MEMORY_ATTRIBUTE_PRIVATE);
+}
+
+/* A change of attributes neither removes nor restores memory. */
+static void nth_attributes_check(struct nth *t)
+{
+	TEST_ASSERT_EQ(nth_pages(t), nth_size / PAGE_SIZE);
+}
+
+static void nth_to_shared(struct nth *t)
+{
+	TEST_ASSERT_EQ(nth_set_attributes(t, 0), 0);
+	nth_attributes_check(t);
+}
+
+TEST_F_TIMEOUT(fail_nth, set_attributes, 300)
+{
+	struct nth t;
+	struct nth_count c;
+
+	nth_setup(&t, guest_nothing, variant->blocks);
+	nth_fill_cache(&t, variant->cached);
+	ASSERT_EQ(nth_fallocate(&t), 0);
+	c = every_step(self->fd, &t, "set_attributes", nth_to_private,
+		       nth_attributes_check, nth_attributes_check,
+		       nth_to_shared);
+	nth_finish(_metadata, &self->base, &t, variant->name, c);
+}
+
+/*
+ * Bad input, a row at a time: each row is one call with one thing wrong and
+ * the exact error it gets, or a call with nothing wrong (error 0) to show
+ * that the same call can succeed.  A row that fails leaves the VM's
+ * direct-map counters where they were.
+ */
+enum bad_call {
+	BAD_CREATE,		/* KVM_CREATE_GUEST_MEMFD: size, flags */
+	BAD_FALLOCATE,		/* fallocate(): mode, offset, length */
+	BAD_ATTRIBUTES,		/* KVM_SET_MEMORY_ATTRIBUTES: address, size, attributes, flags */
+};
+
+struct bad_row {
+	const char *what;
+	enum bad_call call;
+	u64 a, b, c, d;
+	int err;
+};
+
+#define NDM	GUEST_MEMFD_FLAG_NO_DIRECT_MAP
+#define KEEP	FALLOC_FL_KEEP_SIZE
+#define PUNCH	(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE)
+#define PRIV	KVM_MEMORY_ATTRIBUTE_PRIVATE
+
+static const struct bad_row bad_rows[] = {
+	{ "create: unknown flag", BAD_CREATE, DATA_SIZE, NDM | BIT_ULL(63), 0, 0, EINVAL },
+	{ "create: with MMAP", BAD_CREATE, DATA_SIZE, NDM | GUEST_MEMFD_FLAG_MMAP, 0, 0, EINVAL },
+	{ "create: with INIT_SHARED", BAD_CREATE, DATA_SIZE, NDM | GUEST_MEMFD_FLAG_INIT_SHARED,
+	  0, 0, EINVAL },
+	{ "create: size 0", BAD_CREATE, 0, NDM, 0, 0, EINVAL },
+	{ "create: size not page-aligned", BAD_CREATE, PAGE_SIZE + 1, NDM, 0, 0, EINVAL },
+	{ "create: negative size", BAD_CREATE, -PAGE_SIZE, NDM, 0, 0, EINVAL },
+	{ "create: good", BAD_CREATE, DATA_SIZE, NDM, 0, 0, 0 },
+	{ "fallocate: offset not page-aligned", BAD_FALLOCATE, KEEP, 1, PAGE_SIZE, 0, EINVAL },
+	{ "fallocate: length not page-aligned", BAD_FALLOCATE, KEEP, 0, PAGE_SIZE + 1, 0, EINVAL },
+	{ "fallocate: length 0", BAD_FALLOCATE, KEEP, 0, 0, 0, EINVAL },
+	{ "fallocate: negative offset", BAD_FALLOCATE, KEEP, -PAGE_SIZE, PAGE_SIZE, 0, EINVAL },
+	{ "fallocate: past the end", BAD_FALLOCATE, KEEP, DATA_SIZE, PAGE_SIZE, 0, EINVAL },
+	{ "fallocate: across the end", BAD_FALLOCATE, KEEP, DATA_SIZE - PAGE_SIZE, 2 * PAGE_SIZE,
+	  0, EINVAL },
+	{ "fallocate: offset + length overflows", BAD_FALLOCATE, KEEP, PAGE_SIZE,
+	  INT64_MAX & ~(PAGE_SIZE - 1), 0, EFBIG },
+	{ "fallocate: without KEEP_SIZE", BAD_FALLOCATE, 0, 0, PAGE_SIZE, 0, EOPNOTSUPP },
+	{ "fallocate: ZERO_RANGE", BAD_FALLOCATE, KEEP | FALLOC_FL_ZERO_RANGE, 0, PAGE_SIZE, 0,
+	  EOPNOTSUPP },
+	{ "punch hole: not page-aligned", BAD_FALLOCATE, PUNCH, 1, PAGE_SIZE, 0, EINVAL },
+	{ "punch hole: nothing there", BAD_FALLOCATE, PUNCH, 0, DATA_SIZE, 0, 0 },
+	{ "fallocate: good", BAD_FALLOCATE, KEEP, 0, DATA_SIZE, 0, 0 },
+	{ "fallocate: again", BAD_FALLOCATE, KEEP, 0, DATA_SIZE, 0, 0 },
+	{ "attributes: size 0", BAD_ATTRIBUTES, DATA_GPA, 0, PRIV, 0, EINVAL },
+	{ "attributes: address not page-aligned", BAD_ATTRIBUTES, DATA_GPA + 1, PAGE_SIZE, PRIV,
+	  0, EINVAL },
+	{ "attributes: size not page-aligned", BAD_ATTRIBUTES, DATA_GPA, PAGE_SIZE + 1, PRIV, 0,
+	  EINVAL },
+	{ "attributes: address + size overflows", BAD_ATTRIBUTES, -PAGE_SIZE, 2 * PAGE_SIZE,
+	  PRIV, 0, EINVAL },
+	{ "attributes: unknown attribute", BAD_ATTRIBUTES, DATA_GPA, PAGE_SIZE, BIT_ULL(0), 0,
+	  EINVAL },
+	{ "attributes: flags", BAD_ATTRIBUTES, DATA_GPA, PAGE_SIZE, PRIV, 1, EINVAL },
+	{ "attributes: outside any memslot", BAD_ATTRIBUTES, 2 * DATA_GPA, PAGE_SIZE, PRIV, 0, 0 },
+	{ "attributes: private", BAD_ATTRIBUTES, DATA_GPA, DATA_SIZE, PRIV, 0, 0 },
+	{ "attributes: private again", BAD_ATTRIBUTES, DATA_GPA, DATA_SIZE, PRIV, 0, 0 },
+	{ "attributes: shared", BAD_ATTRIBUTES, DATA_GPA, DATA_SIZE, 0, 0, 0 },
+	{ "attributes: shared again", BAD_ATTRIBUTES, DATA_GPA, DATA_SIZE, 0, 0, 0 },
+};
+
+static int bad_call(struct kvm_vm *vm, int gmem, const struct bad_row *row)
+{
+	struct kvm_memory_attributes attr = {
+		.address = row->a,
+		.size = row->b,
+		.attributes = row->c,
+		.flags = row->d,
+	};
+	int fd;
+
+	switch (row->call) {
+	case BAD_CREATE:
+		fd = __vm_create_guest_memfd(vm, row->a, row->b);
+		if (fd < 0)
+			return errno;
+		close(fd);
+		return 0;
+	case BAD_FALLOCATE:
+		return fallocate(gmem, row->a, row->b, row->c) ? errno : 0;
+	case BAD_ATTRIBUTES:
+		return __vm_ioctl(vm, KVM_SET_MEMORY_ATTRIBUTES, &attr) ? errno : 0;
+	}
+	return -1;
+}
+
+static const char *errno_name(int err)
+{
+	switch (err) {
+	case 0:
+		return "0";
+	case EINVAL:
+		return "EINVAL";
+	case EFBIG:
+		return "EFBIG";
+	case EOPNOTSUPP:
+		return "EOPNOTSUPP";
+	case ENOMEM:
+		return "ENOMEM";
+	}
+	return strerror(err);
+}
+
+static const char *hc_name(u64 ret)
+{
+	switch (ret) {
+	case 0:
+		return "0";
+	case -KVM_EINVAL:
+		return "-KVM_EINVAL";
+	case -KVM_ENOMEM:
+		return "-KVM_ENOMEM";
+	}
+	return "?";
+}
+
+/* KVM_HC_MAP_GPA_RANGE from the guest, with KVM's and the VMM's answers. */
+struct bad_hc_row {
+	const char *what;
+	u64 gpa, npages, attrs;
+	u64 ret;
+};
+
+static const struct bad_hc_row bad_hc_rows[] = {
+	/* KVM answers these itself. */
+	{ "hypercall: GPA not page-aligned", DATA_GPA + 1, 1, MAP_GPA_PRIVATE_ATTR, -KVM_EINVAL },
+	{ "hypercall: 0 pages", DATA_GPA, 0, MAP_GPA_PRIVATE_ATTR, -KVM_EINVAL },
+	{ "hypercall: GFN + pages overflows", DATA_GPA, -1ULL, MAP_GPA_PRIVATE_ATTR, -KVM_EINVAL },
+	/* The VMM (vmm_map_gpa_range()) answers these. */
+	{ "hypercall: outside guest memory", DATA_GPA + DATA_SIZE, 1, MAP_GPA_PRIVATE_ATTR,
+	  -KVM_EINVAL },
+	{ "hypercall: across the end of guest memory", DATA_GPA + DATA_SIZE - PAGE_SIZE, 2,
+	  MAP_GPA_PRIVATE_ATTR, -KVM_EINVAL },
+	{ "hypercall: unknown attribute", DATA_GPA, 1, BIT_ULL(5), -KVM_EINVAL },
+	{ "hypercall: private", DATA_GPA, DATA_PAGES, MAP_GPA_PRIVATE_ATTR, 0 },
+	{ "hypercall: private again", DATA_GPA, DATA_PAGES, MAP_GPA_PRIVATE_ATTR, 0 },
+	{ "hypercall: shared", DATA_GPA, DATA_PAGES, 0, 0 },
+	{ "hypercall: shared again", DATA_GPA, DATA_PAGES, 0, 0 },
+};
+
+static void guest_bad_hypercalls(void)
+{
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(bad_hc_rows); i++) {
+		const struct bad_hc_row *row = &bad_hc_rows[i];
+		u64 ret = kvm_hypercall(KVM_HC_MAP_GPA_RANGE, row->gpa, row->npages,
+					row->attrs, 0);
+
+		GUEST_SYNC2(i, ret);
+	}
+	GUEST_DONE();
+}
+
+/*
+ * The VMM's side: a conversion to private allocates first (fallocate), one
+ * to shared frees the private memory after the change (PUNCH_HOLE).
+ */
+static u64 vmm_convert(struct kvm_vm *vm, int gmem, u64 gpa, u64 npages,
+		       u64 attrs)
+{
+	u64 size = npages * PAGE_SIZE;
+
+	if (attrs & ~MAP_GPA_PRIVATE_ATTR)
+		return -KVM_EINVAL;
+	if (!(attrs & MAP_GPA_PRIVATE_ATTR)) {
+		if (gpa < DATA_GPA || gpa + size > DATA_GPA + DATA_SIZE || gpa + size < gpa)
+			return -KVM_EINVAL;
+		vm_mem_set_shared(vm, gpa, size);
+		if (fallocate(gmem, PUNCH, gpa - DATA_GPA, size))
+			return -KVM_EINVAL;
+		return 0;
+	}
+	return vmm_map_gpa_range(vm, gmem, gpa, npages);
+}
+
+TEST(bad_input)
+{
+	u64 pages = 0, removals = 0;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, i, rows = 0;
+	struct ucall uc;
+
+	vm = vm_with_gmem(guest_bad_hypercalls, &vcpu, NDM, &gmem);
+	for (i = 0; i < ARRAY_SIZE(bad_rows); i++) {
+		const struct bad_row *row = &bad_rows[i];
+		int err = bad_call(vm, gmem, row);
+
+		printf("# %-44s %-11s (want %s)\n", row->what, errno_name(err),
+		       errno_name(row->err));
+		EXPECT_EQ(err, row->err);
+		if (err) {
+			EXPECT_EQ(vm_get_stat(vm, direct_map_pages), pages);
+			EXPECT_EQ(vm_get_stat(vm, direct_map_removals), removals);
+		}
+		pages = vm_get_stat(vm, direct_map_pages);
+		removals = vm_get_stat(vm, direct_map_removals);
+		rows++;
+	}
+	ASSERT_EQ(fallocate(gmem, PUNCH, 0, DATA_SIZE), 0);
+
+	vm_enable_cap(vm, KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE);
+	for (;;) {
+		struct kvm_run *run = vcpu->run;
+
+		vcpu_run(vcpu);
+		if (run->exit_reason == KVM_EXIT_HYPERCALL) {
+			run->hypercall.ret = vmm_convert(vm, gmem, run->hypercall.args[0],
+							 run->hypercall.args[1],
+							 run->hypercall.args[2]);
+			continue;
+		}
+		TEST_ASSERT_KVM_EXIT_REASON(vcpu, KVM_EXIT_IO);
+		switch (get_ucall(vcpu, &uc)) {
+		case UCALL_SYNC:
+			i = uc.args[0];
+			ASSERT_LT(i, ARRAY_SIZE(bad_hc_rows));
+			printf("# %-44s %-11s (want %s)\n", bad_hc_rows[i].what,
+			       hc_name(uc.args[1]), hc_name(bad_hc_rows[i].ret));
+			EXPECT_EQ(uc.args[1], bad_hc_rows[i].ret);
+			rows++;
+			continue;
+		case UCALL_ABORT:
+			REPORT_GUEST_ASSERT(uc);
+		}
+		ASSERT_EQ(uc.cmd, UCALL_DONE);
+		break;
+	}
+	/* Converted back to shared, the memory was given back. */
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_removals), vm_get_stat(vm, direct_map_restores));
+	close(gmem);
+	kvm_vm_free(vm);
+	printf("# kp-figure: bad input: %d rows, each with its exact error\n", rows);
 }
 
 TEST_HARNESS_MAIN

@@ -1,0 +1,294 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Concurrency stress for guest_memfd memory outside the host's direct map
+ * (GUEST_MEMFD_FLAG_NO_DIRECT_MAP).
+ *
+ * vCPUs convert random 2 MiB ranges between shared and private with
+ * KVM_HC_MAP_GPA_RANGE (the VMM fallocate()s before making a range private
+ * and punches it out after making it shared) and write to them, while host
+ * threads punch random holes and fallocate() random ranges of the same
+ * guest_memfd.  At the end the host threads stop, and the guest_memfd and the
+ * VM are closed while the vCPUs are still converting; each vCPU closes itself
+ * at its next exit, and the last one takes the VM with it.  All of it runs in
+ * a child process; afterwards the parent empties the cache of free blocks and
+ * checks that every page removed from the direct map was restored and that
+ * the free pages came back.  Lockdep, KASAN and WARN reports are for the console log
+ * (and whoever reads it) to show.
+ *
+ * Usage: gmem_no_direct_map_stress [seconds, default 20]
+ */
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+
+#include <linux/falloc.h>
+#include <linux/kvm_para.h>
+#include <linux/sizes.h>
+
+#include "kvm_util.h"
+#include "processor.h"
+#include "test_util.h"
+
+#define NR_VCPUS		4
+#define NR_PUNCHERS		2
+#define DATA_SLOT		10
+#define DATA_GPA		SZ_4G
+#define DATA_SIZE		SZ_32M
+#define NR_RANGES		(DATA_SIZE / SZ_2M)
+#define CACHE_PARAM		"/sys/module/kvm/parameters/gmem_no_direct_map_cache"
+#define MAP_GPA_PRIVATE		BIT_ULL(4)	/* KVM_MAP_GPA_RANGE_ENCRYPTED */
+/* Free pages the run may end with fewer of: what KVM or the harness keep. */
+#define FREE_SLACK		256
+
+static u64 next_rand(u64 *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 7;
+	*x ^= *x << 17;
+	return *x;
+}
+
+static void guest_code(u64 id)
+{
+	u64 x = 0x9e3779b97f4a7c15ULL * (id + 1), gpa, ret;
+	int i;
+
+	for (;;) {
+		gpa = DATA_GPA + next_rand(&x) % NR_RANGES * SZ_2M;
+		ret = __kvm_hypercall_map_gpa_range(gpa, SZ_2M,
+						    next_rand(&x) & 1 ? MAP_GPA_PRIVATE : 0);
+		__GUEST_ASSERT(!ret || ret == -KVM_ENOMEM, "MAP_GPA_RANGE: %ld", ret);
+		for (i = 0; i < 8; i++)
+			WRITE_ONCE(*(u64 *)(gpa + next_rand(&x) % SZ_2M / 8 * 8), x);
+		GUEST_SYNC(0);
+	}
+}
+
+static int gmem;
+static struct kvm_vm *vm;
+static bool stop_host, closing;
+static u64 nr_converted, nr_touched, nr_punched, nr_allocated, nr_errors;
+static u64 nr_memory_faults;
+
+static int set_attributes(u64 gpa, u64 size, u64 attributes)
+{
+	struct kvm_memory_attributes attr = {
+		.address = gpa,
+		.size = size,
+		.attributes = attributes,
+	};
+
+	return ioctl(vm->fd, KVM_SET_MEMORY_ATTRIBUTES, &attr);
+}
+
+/* The VMM's side of KVM_HC_MAP_GPA_RANGE, for memory outside the direct map. */
+static u64 map_gpa_range(u64 gpa, u64 npages, u64 attrs)
+{
+	u64 size = npages * PAGE_SIZE, off = gpa - DATA_GPA;
+	int r;
+
+	TEST_ASSERT(gpa >= DATA_GPA && off + size <= DATA_SIZE,
+		    "range 0x%lx + 0x%lx outside guest memory", gpa, size);
+	/* The files are going away: tell the guest it worked. */
+	if (READ_ONCE(closing))
+		return 0;
+	if (attrs & MAP_GPA_PRIVATE) {
+		if (fallocate(gmem, FALLOC_FL_KEEP_SIZE, off, size)) {
+			TEST_ASSERT(errno == ENOMEM || READ_ONCE(closing),
+				    "fallocate: %s", strerror(errno));
+			return errno == ENOMEM ? -KVM_ENOMEM : 0;
+		}
+		r = set_attributes(gpa, size, KVM_MEMORY_ATTRIBUTE_PRIVATE);
+	} else {
+		r = set_attributes(gpa, size, 0);
+		if (!r)
+			r = fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+				      off, size);
+	}
+	TEST_ASSERT(!r || READ_ONCE(closing), "conversion failed: %s",
+		    strerror(errno));
+	return 0;
+}
+
+static void *vcpu_thread(void *arg)
+{
+	struct kvm_vcpu *vcpu = arg;
+	struct kvm_run *run = vcpu->run;
+	struct ucall uc;
+
+	for (;;) {
+		if (ioctl(vcpu->fd, KVM_RUN, NULL)) {
+			/*
+			 * Another vCPU changed the range's attributes while
+			 * this one faulted on it: KVM asks the VMM to convert.
+			 * The guest wants whatever the range is now: run on.
+			 */
+			if (errno == EFAULT &&
+			    run->exit_reason == KVM_EXIT_MEMORY_FAULT) {
+				__atomic_add_fetch(&nr_memory_faults, 1, __ATOMIC_RELAXED);
+				continue;
+			}
+			TEST_ASSERT(READ_ONCE(closing), "KVM_RUN: %s", strerror(errno));
+		}
+		/*
+		 * The VM's file and the guest_memfd may be closed already;
+		 * closing the last vCPU destroys the VM, under the others.
+		 */
+		if (READ_ONCE(closing)) {
+			close(vcpu->fd);
+			return NULL;
+		}
+		if (run->exit_reason == KVM_EXIT_HYPERCALL) {
+			TEST_ASSERT_EQ(run->hypercall.nr, KVM_HC_MAP_GPA_RANGE);
+			run->hypercall.ret = map_gpa_range(run->hypercall.args[0],
+							   run->hypercall.args[1],
+							   run->hypercall.args[2]);
+			__atomic_add_fetch(&nr_converted, 1, __ATOMIC_RELAXED);
+			continue;
+		}
+		TEST_ASSERT_KVM_EXIT_REASON(vcpu, KVM_EXIT_IO);
+		if (get_ucall(vcpu, &uc) == UCALL_ABORT)
+			REPORT_GUEST_ASSERT(uc);
+		__atomic_add_fetch(&nr_touched, 8, __ATOMIC_RELAXED);
+	}
+}
+
+/* Punch holes in and fallocate() random ranges, 4 KiB to 2 MiB. */
+static void *host_thread(void *arg)
+{
+	u64 x = (uintptr_t)arg * 0x2545f4914f6cdd1dULL + 1;
+
+	while (!READ_ONCE(stop_host)) {
+		u64 len = PAGE_SIZE << (next_rand(&x) % 10);
+		u64 off = next_rand(&x) % (DATA_SIZE / len) * len;
+
+		if (next_rand(&x) & 1) {
+			TEST_ASSERT(!fallocate(gmem, FALLOC_FL_KEEP_SIZE |
+					       FALLOC_FL_PUNCH_HOLE, off, len),
+				    "punch: %s", strerror(errno));
+			__atomic_add_fetch(&nr_punched, 1, __ATOMIC_RELAXED);
+		} else if (fallocate(gmem, FALLOC_FL_KEEP_SIZE, off, len)) {
+			TEST_ASSERT(errno == ENOMEM, "fallocate: %s", strerror(errno));
+			__atomic_add_fetch(&nr_errors, 1, __ATOMIC_RELAXED);
+		} else {
+			__atomic_add_fetch(&nr_allocated, 1, __ATOMIC_RELAXED);
+		}
+	}
+	return NULL;
+}
+
+static void run_stress(int seconds)
+{
+	const struct vm_shape shape = {
+		.mode = VM_MODE_DEFAULT,
+		.type = KVM_X86_SW_PROTECTED_VM,
+	};
+	pthread_t vcpu_threads[NR_VCPUS], host_threads[NR_PUNCHERS];
+	struct kvm_vcpu *vcpus[NR_VCPUS];
+	uintptr_t i;
+
+	vm = __vm_create_with_vcpus(shape, NR_VCPUS, 0, guest_code, vcpus);
+	vm_enable_cap(vm, KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE);
+	gmem = vm_create_guest_memfd(vm, DATA_SIZE, GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+	vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT,
+		   DATA_SIZE / PAGE_SIZE, KVM_MEM_GUEST_MEMFD, gmem, 0);
+	virt_map(vm, DATA_GPA, DATA_GPA, DATA_SIZE / PAGE_SIZE);
+
+	for (i = 0; i < NR_VCPUS; i++) {
+		vcpu_args_set(vcpus[i], 1, i);
+		pthread_create(&vcpu_threads[i], NULL, vcpu_thread, vcpus[i]);
+	}
+	for (i = 0; i < NR_PUNCHERS; i++)
+		pthread_create(&host_threads[i], NULL, host_thread, (void *)i);
+
+	sleep(seconds);
+	WRITE_ONCE(stop_host, true);
+	for (i = 0; i < NR_PUNCHERS; i++)
+		pthread_join(host_threads[i], NULL);
+
+	/*
+	 * Close the guest_memfd and the VM while the vCPUs convert; each vCPU
+	 * closes itself at its next exit, and the last one destroys the VM.
+	 * The struct kvm_vm is left behind.
+	 */
+	WRITE_ONCE(closing, true);
+	close(gmem);
+	close(vm->fd);
+	for (i = 0; i < NR_VCPUS; i++)
+		pthread_join(vcpu_threads[i], NULL);
+
+	printf("# kp-figure: stress: %d s, %d vCPUs, %d host threads: ",
+	       seconds, NR_VCPUS, NR_PUNCHERS);
+	printf("%lu conversions, %lu guest writes, %lu memory-fault exits, ",
+	       nr_converted, nr_touched, nr_memory_faults);
+	printf("%lu punches, %lu fallocates (%lu ENOMEM)\n", nr_punched,
+	       nr_allocated, nr_errors);
+	TEST_ASSERT(nr_converted && nr_punched && nr_allocated,
+		    "nothing happened in %d s", seconds);
+}
+
+static void write_param(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY);
+
+	TEST_ASSERT(fd >= 0, "open %s", path);
+	TEST_ASSERT(write(fd, val, strlen(val)) == (ssize_t)strlen(val),
+		    "write %s", path);
+	close(fd);
+}
+
+int main(int argc, char *argv[])
+{
+	int seconds = argc > 1 ? atoi(argv[1]) : 20;
+	u64 removed0, restored0, free0, free1, left;
+	int i;
+	pid_t pid;
+	int status;
+
+	TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SW_PROTECTED_VM));
+	TEST_REQUIRE(kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS) &
+		     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+	TEST_REQUIRE(!access(CACHE_PARAM, W_OK));
+
+	write_param(CACHE_PARAM, "0");
+	write_param(CACHE_PARAM, "16");
+	removed0 = get_vmstat("direct_map_removed");
+	restored0 = get_vmstat("direct_map_restored");
+	free0 = get_free_pages();
+
+	pid = fork();
+	TEST_ASSERT(pid >= 0, "fork");
+	if (!pid) {
+		run_stress(seconds);
+		exit(0);
+	}
+	TEST_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid");
+	TEST_ASSERT(WIFEXITED(status) && !WEXITSTATUS(status),
+		    "the stress failed (status 0x%x)", status);
+
+	/* Empty the cache of free blocks: then every page is restored. */
+	write_param(CACHE_PARAM, "0");
+	left = (get_vmstat("direct_map_removed") - removed0) -
+	       (get_vmstat("direct_map_restored") - restored0);
+	/* What RCU and the workqueues free late may take a moment. */
+	for (i = 0; i < 10; i++) {
+		free1 = get_free_pages();
+		if (free1 + FREE_SLACK >= free0)
+			break;
+		sleep(1);
+	}
+	printf("# kp-figure: stress: %lu pages removed, %lu left out of the direct map; ",
+	       get_vmstat("direct_map_removed") - removed0, left);
+	printf("free pages %lu before, %lu after\n", free0, free1);
+	write_param(CACHE_PARAM, "16");
+	TEST_ASSERT_EQ(left, 0);
+	TEST_ASSERT(free1 + FREE_SLACK >= free0, "%lu pages fewer free",
+		    free0 - free1);
+	return 0;
+}
