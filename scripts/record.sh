@@ -11,20 +11,16 @@ KP_STEP=record
 out=$KP_TOP/results
 mkdir -p "$out"
 cp "$KP_RUN/summary.txt" "$out/summary.txt"
-# The debug kernel's run (scripts/kp test runs it after the main one).
-debug_run=$KP_TREE/run-debug
-if [ -s "$debug_run/summary.txt" ] && [ "$debug_run/summary.txt" -nt "$KP_RUN/summary.txt" ]; then
-	cp "$debug_run/summary.txt" "$out/summary-debug.txt"
-else
-	rm -f "$out/summary-debug.txt"
-fi
-# And the KASAN kernel's.
-kasan_run=$KP_TREE/run-kasan
-if [ -s "$kasan_run/summary.txt" ] && [ "$kasan_run/summary.txt" -nt "$KP_RUN/summary.txt" ]; then
-	cp "$kasan_run/summary.txt" "$out/summary-kasan.txt"
-else
-	rm -f "$out/summary-kasan.txt"
-fi
+# The debug and KASAN kernels' runs (scripts/kp test runs them after the
+# main one): only when they ran after it.
+for v in debug kasan; do
+	summary=$KP_TREE/run-$v/summary.txt
+	if [ -s "$summary" ] && [ "$summary" -nt "$KP_RUN/summary.txt" ]; then
+		cp "$summary" "$out/summary-$v.txt"
+	else
+		rm -f "$out/summary-$v.txt"
+	fi
+done
 for f in bench.csv bench.txt bench.svg; do
 	if [ -f "$KP_RUN/$f" ]; then
 		cp "$KP_RUN/$f" "$out/$f"

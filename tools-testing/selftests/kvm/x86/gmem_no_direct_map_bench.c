@@ -66,19 +66,9 @@ static void read_counters(struct counters *c)
 	c->l3_coll = get_vmstat("direct_map_level3_collapses");
 }
 
-static void write_param(const char *path, const char *val)
-{
-	int fd = open(path, O_WRONLY);
-
-	TEST_ASSERT(fd >= 0, "open %s", path);
-	TEST_ASSERT(write(fd, val, strlen(val)) == (ssize_t)strlen(val),
-		    "write %s", path);
-	close(fd);
-}
-
 static void set_blocks(bool on)
 {
-	write_param(BLOCKS_PARAM, on ? "Y" : "N");
+	write_file(BLOCKS_PARAM, on ? "Y" : "N");
 }
 
 /* Lowering the limit frees the blocks beyond it: 0 empties the cache. */
@@ -87,7 +77,7 @@ static void set_cache(u64 blocks)
 	char buf[32];
 
 	snprintf(buf, sizeof(buf), "%lu", blocks);
-	write_param(CACHE_PARAM, buf);
+	write_file(CACHE_PARAM, buf);
 }
 
 /* Fill the cache with @size of free blocks. */

@@ -233,16 +233,6 @@ static void run_stress(int seconds)
 		    "nothing happened in %d s", seconds);
 }
 
-static void write_param(const char *path, const char *val)
-{
-	int fd = open(path, O_WRONLY);
-
-	TEST_ASSERT(fd >= 0, "open %s", path);
-	TEST_ASSERT(write(fd, val, strlen(val)) == (ssize_t)strlen(val),
-		    "write %s", path);
-	close(fd);
-}
-
 int main(int argc, char *argv[])
 {
 	int seconds = argc > 1 ? atoi(argv[1]) : 20;
@@ -256,8 +246,8 @@ int main(int argc, char *argv[])
 		     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
 	TEST_REQUIRE(!access(CACHE_PARAM, W_OK));
 
-	write_param(CACHE_PARAM, "0");
-	write_param(CACHE_PARAM, "16");
+	write_file(CACHE_PARAM, "0");
+	write_file(CACHE_PARAM, "16");
 	removed0 = get_vmstat("direct_map_removed");
 	restored0 = get_vmstat("direct_map_restored");
 	free0 = get_free_pages();
@@ -273,7 +263,7 @@ int main(int argc, char *argv[])
 		    "the stress failed (status 0x%x)", status);
 
 	/* Empty the cache of free blocks: then every page is restored. */
-	write_param(CACHE_PARAM, "0");
+	write_file(CACHE_PARAM, "0");
 	left = (get_vmstat("direct_map_removed") - removed0) -
 	       (get_vmstat("direct_map_restored") - restored0);
 	/* What RCU and the workqueues free late may take a moment. */
@@ -286,7 +276,7 @@ int main(int argc, char *argv[])
 	printf("# kp-figure: stress: %lu pages removed, %lu left out of the direct map; ",
 	       get_vmstat("direct_map_removed") - removed0, left);
 	printf("free pages %lu before, %lu after\n", free0, free1);
-	write_param(CACHE_PARAM, "16");
+	write_file(CACHE_PARAM, "16");
 	TEST_ASSERT_EQ(left, 0);
 	TEST_ASSERT(free1 + FREE_SLACK >= free0, "%lu pages fewer free",
 		    free0 - free1);

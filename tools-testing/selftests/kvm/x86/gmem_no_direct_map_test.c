@@ -83,16 +83,6 @@ static const struct vm_shape default_vm = {
 	.type = KVM_X86_DEFAULT_VM,
 };
 
-static void write_file(const char *path, const char *val)
-{
-	int fd = open(path, O_WRONLY);
-
-	TEST_ASSERT(fd >= 0, "open %s", path);
-	TEST_ASSERT(write(fd, val, strlen(val)) == (ssize_t)strlen(val),
-		    "write %s to %s", val, path);
-	close(fd);
-}
-
 /*
  * Set the most free 2 MiB blocks the kernel keeps off the direct map, and
  * return the old limit.  Lowering it frees the blocks beyond the new limit at
