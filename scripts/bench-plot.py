@@ -7,7 +7,7 @@ Usage: bench-plot.py RESULTS.KTAP OUTDIR
 Reads the benchmark's output from the KTAP the guest wrote (the lines are
 indented there), and writes OUTDIR/bench.csv, OUTDIR/bench.txt (a Markdown
 table with the targets) and OUTDIR/bench.svg (a plot, no plotting library
-needed).  Every figure is computed from the CSV; nothing is typed in.
+needed; text_plot() draws the same plot as text for the cover letter).  Every figure is computed from the CSV; nothing is typed in.
 Prints nothing and writes nothing when the benchmark did not run.
 """
 import csv
@@ -87,6 +87,33 @@ def table(rows):
                        big['mib'], big['vs_plain'],
                        'met' if big['vs_plain'] >= 0.8 else 'missed',
                        d['flush_per_req'], d['l2_per_gib'], big['left']))
+    return '\n'.join(out) + '\n'
+
+
+def read_csv(path):
+    """The rows of a bench.csv this script wrote."""
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for k in FIELDS[1:]:
+            row[k] = float(row[k]) if k in ('secs', 'vs_plain') else int(row[k])
+    return rows
+
+
+def text_plot(rows):
+    """The two panels of the SVG plot as text, for a plain-text mail."""
+    sizes = sorted({r['mib'] for r in rows})
+    by = {(r['mode'], r['mib']): r for r in rows}
+    out = ['%-19s %-30s %s' % ('', 'conversion rate, vs plain', 'level-2 splits per GiB'),
+           '%-19s %-30s %s' % ('', '(# = 0.1x)', '(one # per digit)')]
+    for s in sizes:
+        for i, m in enumerate(m for m in MODES if (m, s) in by):
+            r = by[(m, s)]
+            l2 = derived(r)['l2_per_gib']
+            rate = '#' * round(r['vs_plain'] * 10) + ' %.2f' % r['vs_plain']
+            splits = '#' * len('%d' % l2) if l2 >= 1 else ''
+            out.append(('%-19s %-30s %-6s %.0f' % (
+                ('%4d MiB  ' % s if i == 0 else ' ' * 10) + m, rate, splits, l2)).rstrip())
     return '\n'.join(out) + '\n'
 
 

@@ -4,47 +4,75 @@
 
 Usage: cover-letter.py TEMPLATE RESULTS_DIR BASE_COMMIT SUBJECTS_FILE DIFFSTAT_FILE
 
-@NR@ is the number of patches, @TESTS@ the test counts of
-RESULTS_DIR/summary.txt (per suite, and the final line), @BENCH@ the table
-of RESULTS_DIR/bench.txt as plain text, @FIGURES@ the reliability figures
-of RESULTS_DIR/figures.md (scripts/figures.py), @SHORTLOG@ the patch subjects,
+@NR@ is the number of patches, @TESTS@ the test counts of the summaries of
+RESULTS_DIR (per suite and kernel, and the totals), @BENCH@ the table of
+RESULTS_DIR/bench.txt as plain text, @PLOT@ the plot of bench.csv as text,
+@FIGURES@ the reliability figures of RESULTS_DIR/figures.json
+(scripts/figures.py) per kernel, @SHORTLOG@ the patch subjects,
 @DIFFSTAT@ the diffstat, @BASE@ the base commit.  Nothing is typed in: the
 figures are those that scripts/kp record copied from a run.
 """
 import collections
+import importlib.util
+import json
 import os
 import sys
 import textwrap
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+spec = importlib.util.spec_from_file_location('bench_plot', os.path.join(HERE, 'bench-plot.py'))
+bench_plot = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_plot)
 
-def tests(results, name='summary.txt'):
-    path = os.path.join(results, name)
-    if not os.path.exists(path):
-        return '  (no results recorded: run scripts/kp test, then scripts/kp record)'
-    counts = collections.OrderedDict()
-    final = ''
+
+KERNELS = [('summary.txt', 'test'), ('summary-debug.txt', 'debug'), ('summary-kasan.txt', 'KASAN')]
+
+
+def counts(path):
+    """Per group of tests (a KUnit suite, a selftest), the PASS, FAIL and SKIP lines."""
+    groups = collections.OrderedDict()
     for line in open(path):
-        line = line.rstrip('\n')
         word = line.split(' ', 1)[0]
-        if word in ('PASS', 'FAIL', 'SKIP'):
-            name = line.split(' ', 2)[1]
-            kind, _, rest = name.partition(':')
-            group = kind + ':' + rest.split('/')[0] if kind in ('kunit', 'kvm') else name
-            if kind == 'kvm' and rest.startswith('x86/'):
-                group = kind + ':' + '/'.join(rest.split('/')[:2])
-            c = counts.setdefault(group, collections.Counter())
-            c[word] += 1
-        elif ' passed, ' in line:
-            final = line.strip()
-    width = max(len(g) for g in counts) if counts else 0
-    out = []
-    for g, c in counts.items():
-        out.append('  %-*s %4d passed%s%s' % (width, g, c['PASS'],
-                                              ', %d FAILED' % c['FAIL'] if c['FAIL'] else '',
-                                              ', %d skipped' % c['SKIP'] if c['SKIP'] else ''))
-    out.append('')
-    out.append('  ' + final)
-    return '\n'.join(out)
+        if word not in ('PASS', 'FAIL', 'SKIP'):
+            continue
+        name = line.split(' ', 2)[1].rstrip('\n')
+        kind, _, rest = name.partition(':')
+        group = kind + ':' + rest.split('/')[0] if kind in ('kunit', 'kvm') else name
+        if kind == 'kvm' and rest.startswith('x86/'):
+            group = kind + ':' + '/'.join(rest.split('/')[:2])
+        groups.setdefault(group, collections.Counter())[word] += 1
+    return groups
+
+
+def table(head, rows):
+    """Rows of cells as text: the first column left-aligned, the others right-aligned."""
+    rows = [head] + rows
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return '\n'.join(('  ' + '  '.join(c.rjust(w) if i else c.ljust(w)
+                                       for i, (c, w) in enumerate(zip(r, widths)))).rstrip()
+                      for r in rows)
+
+
+def tests(results):
+    """The tests passed per group and kernel, and the totals, from the summaries."""
+    runs = [(name, counts(os.path.join(results, f))) for f, name in KERNELS
+            if os.path.exists(os.path.join(results, f))]
+    if not runs:
+        return '  (no results recorded: run scripts/kp test, then scripts/kp record)'
+    groups = []
+    for _, c in runs:
+        groups += [g for g in c if g not in groups]
+
+    def cell(c):
+        if not c:
+            return '-'
+        return '%d%s%s' % (c['PASS'], ' +%d FAILED' % c['FAIL'] if c['FAIL'] else '',
+                           ' +%d skipped' % c['SKIP'] if c['SKIP'] else '')
+    rows = [[g] + [cell(c.get(g)) for _, c in runs] for g in groups]
+    for word, label in (('PASS', 'passed'), ('FAIL', 'failed'), ('SKIP', 'skipped')):
+        rows.append([label] + [str(sum(x[word] for x in c.values())) for _, c in runs])
+    rows.insert(len(groups), [''] * (len(runs) + 1))
+    return table(['tests passed'] + [name for name, _ in runs], rows)
 
 
 def bench(results):
@@ -61,9 +89,9 @@ def bench(results):
             rows.append(cells)
         elif line.strip():
             rest.append(line.strip())
-    short = {'level-2 splits/GiB': 'L2 spl/GiB', 'level-3 splits/GiB': 'L3 spl/GiB',
-             'split ranges collapsed after teardown': 'collapsed',
-             'TLB flushes/request': 'flush/req', 'rate vs plain': 'vs plain',
+    short = {'level-2 splits/GiB': 'L2/GiB', 'level-3 splits/GiB': 'L3/GiB',
+             'split ranges collapsed after teardown': 'coll.',
+             'TLB flushes/request': 'fl/req', 'rate vs plain': 'x plain',
              'pages left removed': 'left'}
     rows[0] = [short.get(c, c) for c in rows[0]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -71,6 +99,12 @@ def bench(results):
     for r in rows:
         out.append('  ' + '  '.join(c.rjust(w) if i else c.ljust(w)
                                      for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    out.append('')
+    out.extend(textwrap.wrap(
+        'L2/GiB, L3/GiB: 2M and 1G direct-map mappings split per GiB converted; '
+        'coll.: split ranges collapsed again after teardown; fl/req: TLB flushes per '
+        'request; x plain: rate relative to plain; left: pages left out of the direct map.',
+        72, initial_indent='  ', subsequent_indent='  '))
     for t in rest:
         t = t.replace('`', '')
         out.append('')
@@ -79,22 +113,52 @@ def bench(results):
 
 
 def figures(results):
-    path = os.path.join(results, 'figures.md')
+    """The reliability figures per kernel, from results/figures.json (scripts/figures.py)."""
+    path = os.path.join(results, 'figures.json')
     if not os.path.exists(path):
         return '  (no figures recorded: run scripts/kp test, then scripts/kp record)'
-    rows = []
-    for line in open(path):
-        if line.startswith('|'):
-            cells = [c.strip() for c in line.strip().strip('|').split('|')]
-            if not all(set(c) <= set('-: ') for c in cells):
-                rows.append(cells)
-    head, out = rows[0], []
-    for r in rows[1:]:
-        out.append('  %s:' % r[0])
-        for h, c in zip(head[1:], r[1:]):
-            out.extend(textwrap.wrap('%s: %s' % (h, c), 72, initial_indent='   - ',
-                                     subsequent_indent='     '))
-    return '\n'.join(out)
+    runs = json.load(open(path))
+    lines = [
+        ('console reports', lambda r: r['splats']),
+        ('fail-nth: steps failed, in %s cases' % '/'.join(
+            sorted({str(r['nth']['cases']) for r in runs if r['nth']})),
+         lambda n: n['nth']['steps']),
+        ('  calls failed with ENOMEM', lambda r: r['nth']['enomem']),
+        ('  failures absorbed', lambda r: r['nth']['absorbed']),
+        ('    -KVM_ENOMEM to the guest', lambda r: r['nth']['guest']),
+        ('  free pages, end vs start',
+         lambda r: '%+d..%+d' % (r['nth']['free_min'], r['nth']['free_max'])),
+        ('bad input: rows, exact error each', lambda r: r['bad']),
+        ('stress: seconds run', lambda r: '+'.join(map(str, r['stress']['secs']))),
+        ('  conversions', lambda r: r['stress']['conversions']),
+        ('  guest writes', lambda r: r['stress']['writes']),
+        ('  memory-fault exits', lambda r: r['stress']['exits']),
+        ('  punches', lambda r: r['stress']['punches']),
+        ('  fallocates (ENOMEM)', lambda r: '%d (%d)' % (r['stress']['fallocates'],
+                                                           r['stress']['enomem'])),
+        ('  pages removed', lambda r: r['stress']['removed']),
+        ('  pages left removed', lambda r: r['stress']['left']),
+    ]
+
+    def cell(f, r):
+        try:
+            return str(f(r))
+        except TypeError:
+            return 'not run'
+    rows = [[label] + [cell(f, r) for r in runs] for label, f in lines]
+    when = ', '.join('%s %s' % (r['kernel'], r['when']) for r in runs)
+    release = ', '.join(sorted({r['release'] for r in runs}))
+    return (table([''] + [r['kernel'].split()[0] for r in runs], rows) + '\n\n' +
+            '\n'.join(textwrap.wrap('(%s; runs of %s)' % (release, when), 72,
+                                    initial_indent='  ', subsequent_indent='  ')))
+
+
+def plot(results):
+    """The benchmark's plot as text (bench-plot.py), from results/bench.csv."""
+    path = os.path.join(results, 'bench.csv')
+    if not os.path.exists(path):
+        return '  (the benchmark did not run in the recorded run)'
+    return textwrap.indent(bench_plot.text_plot(bench_plot.read_csv(path)).rstrip('\n'), '  ')
 
 
 def main():
@@ -103,8 +167,8 @@ def main():
     shortlog = '\n'.join('  %*d. %s' % (len(str(len(subj))), i + 1, s) for i, s in enumerate(subj))
     text = open(tmpl).read()
     for key, val in (('@NR@', '%02d' % len(subj)), ('@TESTS@', tests(results)),
-                     ('@TESTS_DEBUG@', tests(results, 'summary-debug.txt')),
-                     ('@BENCH@', bench(results)), ('@FIGURES@', figures(results)),
+                     ('@BENCH@', bench(results)), ('@PLOT@', plot(results)),
+                     ('@FIGURES@', figures(results)),
                      ('@SHORTLOG@', shortlog),
                      ('@DIFFSTAT@', open(diffstat).read().rstrip('\n')),
                      ('@BASE@', base)):

@@ -7,10 +7,13 @@ KTAP the guest wrote (results.ktap), the console log and the summary, and
 prints one table: the tests counted, the console reports, and the figures
 the tests print as "# kp-figure: ..." lines (fail-nth paths and steps, bad
 input rows, stress iterations).  scripts/record.sh puts it in
-results/figures.md and in the README; nothing in it is typed in by hand.
+results/figures.md and in the README; with --json, the same figures as
+numbers go to results/figures.json for the cover letter.  Nothing in them
+is typed in by hand.
 """
 
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -32,11 +35,11 @@ LEFT = re.compile(r'stress: (\d+) pages removed, (\d+) left out of the direct ma
 KERNELS = [('run', 'test kernel'), ('run-debug', 'debug kernel'), ('run-kasan', 'KASAN kernel')]
 
 
-def figures(run):
+def figures(run, name):
+    """The figures of one kernel's run, as numbers (None for a test that did not run)."""
     with open(os.path.join(run, 'results.ktap'), errors='replace') as f:
         lines = [m.group(1) for m in map(FIGURE.search, f) if m]
-    nth = [NTH.search(l) for l in lines]
-    nth = [m for m in nth if m]
+    nth = [m for m in map(NTH.search, lines) if m]
     bad = [int(m.group(1)) for m in map(BAD.search, lines) if m]
     stress = [m for m in map(STRESS.search, lines) if m]
     left = [m for m in map(LEFT.search, lines) if m]
@@ -52,41 +55,56 @@ def figures(run):
         pass
     when = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(os.path.getmtime(os.path.join(run, 'summary.txt'))))
     g = lambda ms, i: sum(int(m.group(i)) for m in ms)
-    row = {
-        'counted': counted,
-        'splats': str(len(splats)),
-        'nth': ('%d paths x modes; %d steps failed in turn: %d calls failed with ENOMEM, '
-                '%d failures absorbed (%d answered -KVM_ENOMEM to the guest); free pages %s..%s'
-                % (len(nth), g(nth, 3), g(nth, 4), g(nth, 5), g(nth, 6),
-                   min((m.group(7) for m in nth), key=int), max((m.group(7) for m in nth), key=int))
-                if nth else 'not run'),
-        'bad': '%d rows' % sum(bad) if bad else 'not run',
-        'stress': ('%d run%s of %s s: %d conversions, %d guest writes, %d memory-fault exits, %d punches, '
-                   '%d fallocates (%d ENOMEM); %d pages removed, %d left'
-                   % (len(stress), '' if len(stress) == 1 else 's', '+'.join(m.group(1) for m in stress),
-                      g(stress, 4), g(stress, 5),
-                      g(stress, 6), g(stress, 7), g(stress, 8), g(stress, 9), g(left, 1), g(left, 2))
-                   if stress else 'not run'),
+    free = [int(m.group(7)) for m in nth]
+    return {
+        'kernel': name, 'release': release, 'when': when, 'counted': counted,
+        'splats': len(splats),
+        'nth': {'cases': len(nth), 'steps': g(nth, 3), 'enomem': g(nth, 4), 'absorbed': g(nth, 5),
+                'guest': g(nth, 6), 'free_min': min(free), 'free_max': max(free)} if nth else None,
+        'bad': sum(bad) if bad else None,
+        'stress': {'secs': [int(m.group(1)) for m in stress], 'conversions': g(stress, 4),
+                   'writes': g(stress, 5), 'exits': g(stress, 6), 'punches': g(stress, 7),
+                   'fallocates': g(stress, 8), 'enomem': g(stress, 9), 'removed': g(left, 1),
+                   'left': g(left, 2)} if stress else None,
     }
-    return release, when, row
+
+
+def markdown(runs):
+    out = ['<!-- written by scripts/figures.py from the runs named below: do not edit -->',
+           '| kernel | tests counted | console reports | fail-nth (every step of every removal path) '
+           '| bad-input table | concurrency stress |',
+           '| --- | --- | --- | --- | --- | --- |']
+    for r in runs:
+        n, s = r['nth'], r['stress']
+        nth = ('%d paths x modes; %d steps failed in turn: %d calls failed with ENOMEM, '
+               '%d failures absorbed (%d answered -KVM_ENOMEM to the guest); free pages %+d..%+d'
+               % (n['cases'], n['steps'], n['enomem'], n['absorbed'], n['guest'], n['free_min'],
+                  n['free_max']) if n else 'not run')
+        stress = ('%d run%s of %s s: %d conversions, %d guest writes, %d memory-fault exits, %d punches, '
+                  '%d fallocates (%d ENOMEM); %d pages removed, %d left'
+                  % (len(s['secs']), '' if len(s['secs']) == 1 else 's', '+'.join(map(str, s['secs'])),
+                     s['conversions'], s['writes'], s['exits'], s['punches'], s['fallocates'],
+                     s['enomem'], s['removed'], s['left']) if s else 'not run')
+        out.append('| %s (%s, %s) | %s | %d | %s | %s | %s |' % (
+            r['kernel'], r['release'], r['when'], r['counted'], r['splats'], nth,
+            '%d rows' % r['bad'] if r['bad'] is not None else 'not run', stress))
+    return '\n'.join(out) + '\n'
 
 
 def main():
-    tree = sys.argv[1]
-    cols = []
-    for sub, name in KERNELS:
-        run = os.path.join(tree, sub)
-        if not os.path.exists(os.path.join(run, 'summary.txt')):
-            continue
-        release, when, row = figures(run)
-        cols.append(('%s (%s, %s)' % (name, release, when), row))
-    print('<!-- written by scripts/figures.py from the runs named below: do not edit -->')
-    print('| kernel | tests counted | console reports | fail-nth (every step of every removal path) '
-          '| bad-input table | concurrency stress |')
-    print('| --- | --- | --- | --- | --- | --- |')
-    for name, r in cols:
-        print('| %s | %s | %s | %s | %s | %s |' % (name, r['counted'], r['splats'], r['nth'], r['bad'],
-                                                   r['stress']))
+    args = sys.argv[1:]
+    as_json = args[:1] == ['--json']
+    if as_json:
+        args = args[1:]
+    if len(args) != 1:
+        sys.exit('usage: figures.py [--json] KP_TREE')
+    runs = [figures(os.path.join(args[0], sub), name) for sub, name in KERNELS
+            if os.path.exists(os.path.join(args[0], sub, 'summary.txt'))]
+    if as_json:
+        json.dump(runs, sys.stdout, indent=1)
+        sys.stdout.write('\n')
+    else:
+        sys.stdout.write(markdown(runs))
 
 
 if __name__ == '__main__':

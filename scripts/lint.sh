@@ -8,6 +8,8 @@
 #   - scripts/kernel-doc -Wall: no new warning in the C files it touches;
 #   - docutils (scripts/rst-check.py): no new problem in the .rst files it
 #     touches (Sphinx is not needed);
+#   - the options the series adds to the KVM selftests' config fragment
+#     are on after merging it onto x86_64_defconfig;
 #   - clippy: no Rust warning in the last build's log (scripts/build.sh
 #     compiles Rust with CLIPPY=1; an incremental build shows the crates it
 #     recompiled, a build from scratch all of them).
@@ -91,6 +93,26 @@ if [ -n "$sw" ]; then
 	kp_die "Sphinx warnings in Documentation/virt" "$KP_LOGS/htmldocs.log"
 fi
 
+# The KVM selftests' config fragment: every option the series adds to it
+# is on after merge_config.sh of the fragment onto x86_64_defconfig (an
+# option whose dependencies the fragment misses would be dropped silently).
+frag=tools/testing/selftests/kvm/config
+added=$(git -C "$KP_LINUX" diff kp-base kvm-protmem -- "$frag" | sed -n 's/^+\(CONFIG_[A-Z0-9_]*\)=y$/\1/p')
+nfrag=$(echo $added | wc -w)
+if [ "$nfrag" -gt 0 ]; then
+	kc=$KP_TREE/kselftest-config
+	rm -rf "$kc"
+	mkdir -p "$kc"
+	{ make -C "$KP_LINUX" O="$kc" ARCH=x86_64 LLVM="$KP_LLVM" defconfig &&
+		(cd "$kc" && ARCH=x86_64 LLVM="$KP_LLVM" \
+			"$KP_LINUX/scripts/kconfig/merge_config.sh" -m .config "$KP_LINUX/$frag") &&
+		make -C "$KP_LINUX" O="$kc" ARCH=x86_64 LLVM="$KP_LLVM" olddefconfig; } \
+		>"$KP_LOGS/kselftest-config.log" 2>&1 ||
+		kp_die "cannot merge $frag onto x86_64_defconfig" "$KP_LOGS/kselftest-config.log"
+	off=$(for o in $added; do grep -q "^$o=y" "$kc/.config" || echo "$o"; done)
+	[ -z "$off" ] || kp_die "$frag on x86_64_defconfig leaves off: $(echo $off)" "$KP_LOGS/kselftest-config.log"
+fi
+
 # Clippy and rustc: any warning in the last build's log.
 if grep -q ' CLIPPY ' "$KP_LOGS/build.log" 2>/dev/null; then
 	rw=$(grep -nE '^(warning|error)(\[[A-Za-z0-9_]+\])?: ' "$KP_LOGS/build.log" | head -n 20)
@@ -103,4 +125,4 @@ else
 	clippy="clippy not run (the last build compiled no Rust with CLIPPY=1)"
 fi
 
-kp_say "checkpatch --strict clean on $n patches; rustfmtcheck clean; no new kernel-doc warnings; docutils clean on $nrst .rst files; Sphinx (htmldocs, virt) clean; $clippy"
+kp_say "checkpatch --strict clean on $n patches; rustfmtcheck clean; no new kernel-doc warnings; docutils clean on $nrst .rst files; Sphinx (htmldocs, virt) clean; the $nfrag options added to the KVM selftests' config are on with defconfig; $clippy"

@@ -29,9 +29,11 @@ for f in bench.csv bench.txt bench.svg; do
 	fi
 done
 grep '^# kp: vmstat:' "$KP_RUN/results.ktap" | sed 's/^# kp: vmstat: //' >"$out/vmstat-end.txt"
-# The reliability figures of every kernel's last run, into results/ and into
-# the README between its two "kp-figures" markers.
+# The reliability figures of every kernel's last run, into results/ (as
+# Markdown, and as numbers for the cover letter) and into the README between
+# its two "kp-figures" markers.
 python3 "$KP_TOP/scripts/figures.py" "$KP_TREE" >"$out/figures.md" || kp_die "figures.py failed"
+python3 "$KP_TOP/scripts/figures.py" --json "$KP_TREE" >"$out/figures.json" || kp_die "figures.py failed"
 python3 - "$KP_TOP/README.md" "$out/figures.md" <<'PY' || kp_die "cannot update the README's figures"
 import sys
 readme, figs = sys.argv[1], open(sys.argv[2]).read()

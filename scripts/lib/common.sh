@@ -19,7 +19,8 @@ KP_LINUX=$KP_TREE/linux
 # KP_VARIANT=debug: the debug kernel (configs/debug.config on top of
 # configs/kvm-protmem.config), built, booted and logged in directories of its
 # own, from the same tree.  KP_VARIANT=kasan: the debug kernel with
-# configs/kasan.config on top (scripts/kp kasan; not part of 'test').
+# configs/kasan.config on top (scripts/kp test runs it last; scripts/kp kasan
+# runs it alone).
 case "${KP_VARIANT:-}" in
 '') KP_SUFFIX= ;;
 debug) KP_SUFFIX=-debug ;;

@@ -1585,4 +1585,11 @@ TEST(bad_input)
 	printf("# kp-figure: bad input: %d rows, each with its exact error\n", rows);
 }
 
-TEST_HARNESS_MAIN
+int main(int argc, char **argv)
+{
+	TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SW_PROTECTED_VM));
+	TEST_REQUIRE(kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS) &
+		     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+
+	return test_harness_run(argc, argv);
+}
