@@ -88,5 +88,15 @@ python3 "$KP_TOP/scripts/bench-plot.py" "$KP_RUN/results.ktap" "$KP_RUN" >/dev/n
 	else
 		kp_say "benchmark: $KP_RUN/bench.{csv,txt,svg}; $(grep '^Targets' "$KP_RUN/bench.txt")"
 	fi
-[ "$finished" = yes ] && [ $rc = 0 ] || kp_die "the run did not finish" "$KP_RUN/console.log"
-[ "$src" = 0 ] || kp_die "tests failed" "$KP_RUN/console.log"
+# The next run overwrites $KP_RUN: keep a failed run's console, KTAP and
+# summary (the five newest failed runs of this kernel).
+if [ "$finished" != yes ] || [ $rc != 0 ] || [ "$src" != 0 ]; then
+	keep=$KP_RUN.failed-$(date -u +%Y%m%dT%H%M%SZ)
+	mkdir -p "$keep"
+	cp "$KP_RUN"/console.log "$KP_RUN"/results.ktap "$KP_RUN"/summary.txt "$keep"/ 2>/dev/null
+	find "$KP_TREE" -maxdepth 1 -name "$(basename "$KP_RUN").failed-*" | LC_ALL=C sort |
+		head -n -5 | xargs -r rm -rf
+	kp_say "kept this run's console, KTAP and summary in $keep"
+fi
+[ "$finished" = yes ] && [ $rc = 0 ] || kp_die "the run did not finish" "$keep/console.log"
+[ "$src" = 0 ] || kp_die "tests failed" "$keep/console.log"
