@@ -7,7 +7,8 @@ Usage: bench-plot.py RESULTS.KTAP OUTDIR
 Reads the benchmark's output from the KTAP the guest wrote (the lines are
 indented there), and writes OUTDIR/bench.csv, OUTDIR/bench.txt (a Markdown
 table with the targets) and OUTDIR/bench.svg (a plot, no plotting library
-needed; text_plot() draws the same plot as text for the cover letter).  Every figure is computed from the CSV; nothing is typed in.
+needed; text_plot() draws the same plot as text for the cover letter).
+Every figure is computed from the CSV; nothing is typed in.
 Prints nothing and writes nothing when the benchmark did not run.
 """
 import csv
@@ -21,6 +22,13 @@ COLOURS = {'plain': '#777777', 'per-page': '#d62728', 'blocks': '#1f77b4',
            'cached': '#2ca02c'}
 
 
+def typed(row):
+    """A row of FIELDS with its figures as numbers."""
+    for k in FIELDS[1:]:
+        row[k] = float(row[k]) if k in ('secs', 'vs_plain') else int(row[k])
+    return row
+
+
 def read(ktap):
     rows = []
     with open(ktap, errors='replace') as f:
@@ -31,10 +39,7 @@ def read(ktap):
             vals = line[5:].split(',')
             if len(vals) != len(FIELDS):
                 continue
-            row = dict(zip(FIELDS, vals))
-            for k in FIELDS[1:]:
-                row[k] = float(row[k]) if k in ('secs', 'vs_plain') else int(row[k])
-            rows.append(row)
+            rows.append(typed(dict(zip(FIELDS, vals))))
     return rows
 
 
@@ -93,11 +98,7 @@ def table(rows):
 def read_csv(path):
     """The rows of a bench.csv this script wrote."""
     with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for k in FIELDS[1:]:
-            row[k] = float(row[k]) if k in ('secs', 'vs_plain') else int(row[k])
-    return rows
+        return [typed(row) for row in csv.DictReader(f)]
 
 
 def text_plot(rows):

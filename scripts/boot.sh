@@ -97,6 +97,6 @@ if [ "$finished" != yes ] || [ $rc != 0 ] || [ "$src" != 0 ]; then
 	find "$KP_TREE" -maxdepth 1 -name "$(basename "$KP_RUN").failed-*" | LC_ALL=C sort |
 		head -n -5 | xargs -r rm -rf
 	kp_say "kept this run's console, KTAP and summary in $keep"
+	[ "$finished" = yes ] && [ $rc = 0 ] || kp_die "the run did not finish" "$keep/console.log"
+	kp_die "tests failed" "$keep/console.log"
 fi
-[ "$finished" = yes ] && [ $rc = 0 ] || kp_die "the run did not finish" "$keep/console.log"
-[ "$src" = 0 ] || kp_die "tests failed" "$keep/console.log"

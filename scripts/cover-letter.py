@@ -93,12 +93,7 @@ def bench(results):
              'split ranges collapsed after teardown': 'coll.',
              'TLB flushes/request': 'fl/req', 'rate vs plain': 'x plain',
              'pages left removed': 'left'}
-    rows[0] = [short.get(c, c) for c in rows[0]]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for r in rows:
-        out.append('  ' + '  '.join(c.rjust(w) if i else c.ljust(w)
-                                     for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    out = [table([short.get(c, c) for c in rows[0]], rows[1:])]
     out.append('')
     out.extend(textwrap.wrap(
         'L2/GiB, L3/GiB: 2M and 1G direct-map mappings split per GiB converted; '

@@ -7,8 +7,8 @@ KTAP the guest wrote (results.ktap), the console log and the summary, and
 prints one table: the tests counted, the console reports, and the figures
 the tests print as "# kp-figure: ..." lines (fail-nth paths and steps, bad
 input rows, stress iterations).  scripts/record.sh puts it in
-results/figures.md and in the README; with --json, the same figures as
-numbers go to results/figures.json for the cover letter.  Nothing in them
+results/figures.md and in the README; given JSON_FILE, it also writes the
+same figures there as numbers (results/figures.json, for the cover letter).  Nothing in them
 is typed in by hand.
 """
 
@@ -92,19 +92,15 @@ def markdown(runs):
 
 
 def main():
-    args = sys.argv[1:]
-    as_json = args[:1] == ['--json']
-    if as_json:
-        args = args[1:]
-    if len(args) != 1:
-        sys.exit('usage: figures.py [--json] KP_TREE')
-    runs = [figures(os.path.join(args[0], sub), name) for sub, name in KERNELS
-            if os.path.exists(os.path.join(args[0], sub, 'summary.txt'))]
-    if as_json:
-        json.dump(runs, sys.stdout, indent=1)
-        sys.stdout.write('\n')
-    else:
-        sys.stdout.write(markdown(runs))
+    if len(sys.argv) not in (2, 3):
+        sys.exit('usage: figures.py KP_TREE [JSON_FILE]')
+    runs = [figures(os.path.join(sys.argv[1], sub), name) for sub, name in KERNELS
+            if os.path.exists(os.path.join(sys.argv[1], sub, 'summary.txt'))]
+    if len(sys.argv) == 3:
+        with open(sys.argv[2], 'w') as f:
+            json.dump(runs, f, indent=1)
+            f.write('\n')
+    sys.stdout.write(markdown(runs))
 
 
 if __name__ == '__main__':

@@ -32,8 +32,8 @@ grep '^# kp: vmstat:' "$KP_RUN/results.ktap" | sed 's/^# kp: vmstat: //' >"$out/
 # The reliability figures of every kernel's last run, into results/ (as
 # Markdown, and as numbers for the cover letter) and into the README between
 # its two "kp-figures" markers.
-python3 "$KP_TOP/scripts/figures.py" "$KP_TREE" >"$out/figures.md" || kp_die "figures.py failed"
-python3 "$KP_TOP/scripts/figures.py" --json "$KP_TREE" >"$out/figures.json" || kp_die "figures.py failed"
+python3 "$KP_TOP/scripts/figures.py" "$KP_TREE" "$out/figures.json" >"$out/figures.md" ||
+	kp_die "figures.py failed"
 python3 - "$KP_TOP/README.md" "$out/figures.md" <<'PY' || kp_die "cannot update the README's figures"
 import sys
 readme, figs = sys.argv[1], open(sys.argv[2]).read()
