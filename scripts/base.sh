@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # Make the base tree: a git repository at $KP_LINUX whose tag kp-base is one
-# commit holding Debian's linux-source-7.2 as shipped.  Idempotent: an
-# existing tree made from the same package version is reused.
+# commit holding Debian's linux-source-$KP_BASE_SERIES (scripts/base.conf) as
+# shipped.  Idempotent: an existing tree made from the same package version
+# is reused.
 #
 # With KERNEL_SRC=/path, the user's tree is used instead: a git tree gets a
 # detached worktree at its HEAD (the user's branches are not touched); a plain
@@ -66,7 +67,7 @@ make_base_commit() {
 	) >>"$KP_LOGS/base.log" 2>&1 || kp_die "cannot make the base commit"
 }
 
-# Pick the package version: the pinned one, else the newest 7.2.y on offer.
+# Pick the package version: the pinned one, else the newest $KP_BASE_SERIES.y on offer.
 pick_version() {
 	local versions
 	versions=$(apt-cache madison "$KP_BASE_PACKAGE" 2>/dev/null | awk -F'|' '{gsub(/ /,"",$2); print $2}')
@@ -77,8 +78,8 @@ pick_version() {
 		return
 	fi
 	local v
-	v=$(printf '%s\n' "$versions" | grep '^7\.2\.' | sort -V | tail -n1)
-	[ -n "$v" ] || kp_die "no 7.2.y version of $KP_BASE_PACKAGE is on offer (have: $(echo $versions))"
+	v=$(printf '%s\n' "$versions" | awk -v s="$KP_BASE_SERIES." 'index($0, s) == 1' | sort -V | tail -n1)
+	[ -n "$v" ] || kp_die "no $KP_BASE_SERIES.y version of $KP_BASE_PACKAGE is on offer (have: $(echo $versions))"
 	kp_say "WARNING: pinned $KP_BASE_PACKAGE $KP_BASE_DEB_VERSION is gone from the archive; using $v."
 	kp_say "WARNING: the base commit differs from the one patches/ records; see README 'Base tree'."
 	echo "$v"

@@ -7,7 +7,7 @@
 #   - Debian packages (rustc-web & co from bookworm-security, clang/LLVM 19,
 #     QEMU, busybox-static, build tools);
 #   - bindgen-cli from crates.io (cargo install --locked), at least 0.71.1;
-#   - the apt suite that carries linux-source-7.2 (trixie-backports, else
+#   - the apt suite that carries the base's linux-source (trixie-backports, else
 #     sid), with pin priority 50 so that nothing else is taken from it.
 KP_STEP=setup
 . "$(dirname "$0")/lib/common.sh"
@@ -66,20 +66,20 @@ if [ -n "$missing" ]; then
 		kp_die "apt-get install failed for:$missing"
 fi
 
-# The base tree's suite: the first of $KP_BASE_SUITES that has a 7.2 source.
+# The base tree's suite: the first of $KP_BASE_SUITES that has a $KP_BASE_SERIES source.
 have_base() {
 	local m
 	m=$(apt-cache madison "$KP_BASE_PACKAGE" 2>/dev/null)
-	[[ $m == *"| 7.2."* ]]
+	[[ $m == *"| $KP_BASE_SERIES."* ]]
 }
 if ! have_base; then
 	for suite in $KP_BASE_SUITES; do
 		add_suite "$suite" && apt_updated=
 		apt_update
 		have_base && break
-		kp_say "WARNING: $suite has no $KP_BASE_PACKAGE 7.2.y; trying the next suite"
+		kp_say "WARNING: $suite has no $KP_BASE_PACKAGE $KP_BASE_SERIES.y; trying the next suite"
 	done
-	have_base || kp_die "no suite of ($KP_BASE_SUITES) offers $KP_BASE_PACKAGE 7.2.y"
+	have_base || kp_die "no suite of ($KP_BASE_SUITES) offers $KP_BASE_PACKAGE $KP_BASE_SERIES.y"
 fi
 kp_say "$KP_BASE_PACKAGE on offer: $(apt-cache madison "$KP_BASE_PACKAGE" | awk -F'|' '{gsub(/ /,"",$2); gsub(/^ +| +$/,"",$3); printf "%s (%s) ", $2, $3}')"
 

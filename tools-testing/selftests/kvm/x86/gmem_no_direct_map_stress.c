@@ -202,15 +202,15 @@ static void run_stress(int seconds)
 
 	for (i = 0; i < NR_VCPUS; i++) {
 		vcpu_args_set(vcpus[i], 1, i);
-		pthread_create(&vcpu_threads[i], NULL, vcpu_thread, vcpus[i]);
+		kvm_pthread_create(&vcpu_threads[i], NULL, vcpu_thread, vcpus[i]);
 	}
 	for (i = 0; i < NR_PUNCHERS; i++)
-		pthread_create(&host_threads[i], NULL, host_thread, (void *)i);
+		kvm_pthread_create(&host_threads[i], NULL, host_thread, (void *)i);
 
 	sleep(seconds);
 	WRITE_ONCE(stop_host, true);
 	for (i = 0; i < NR_PUNCHERS; i++)
-		pthread_join(host_threads[i], NULL);
+		kvm_pthread_join(host_threads[i], NULL);
 
 	/*
 	 * Close the guest_memfd and the VM while the vCPUs convert; each vCPU
@@ -221,7 +221,7 @@ static void run_stress(int seconds)
 	close(gmem);
 	close(vm->fd);
 	for (i = 0; i < NR_VCPUS; i++)
-		pthread_join(vcpu_threads[i], NULL);
+		kvm_pthread_join(vcpu_threads[i], NULL);
 
 	printf("# kp-figure: stress: %d s, %d vCPUs, %d host threads: ",
 	       seconds, NR_VCPUS, NR_PUNCHERS);
