@@ -2,15 +2,17 @@
 # SPDX-License-Identifier: GPL-2.0
 """Write the cover letter: scripts/cover-letter.in with the figures filled in.
 
-Usage: cover-letter.py TEMPLATE RESULTS_DIR BASE_COMMIT SUBJECTS_FILE DIFFSTAT_FILE
+Usage: cover-letter.py TEMPLATE RESULTS_DIR BASE_COMMIT SUBJECTS_FILE DIFFSTAT_FILE BASE_INFO
 
 @NR@ is the number of patches, @TESTS@ the test counts of the summaries of
 RESULTS_DIR (per suite and kernel, and the totals), @BENCH@ the table of
 RESULTS_DIR/bench.txt as plain text, @PLOT@ the plot of bench.csv as text,
 @FIGURES@ the reliability figures of RESULTS_DIR/figures.json
 (scripts/figures.py) per kernel, @SHORTLOG@ the patch subjects,
-@DIFFSTAT@ the diffstat, @BASE@ the base commit.  Nothing is typed in: the
-figures are those that scripts/kp record copied from a run.
+@DIFFSTAT@ the diffstat, @BASE@ the base commit, @BASEPARA@ a paragraph
+naming the base tree (from BASE_INFO, which scripts/kp base writes).
+Nothing is typed in: the figures are those that scripts/kp record copied
+from a run.
 """
 import collections
 import importlib.util
@@ -156,8 +158,22 @@ def plot(results):
     return textwrap.indent(bench_plot.text_plot(bench_plot.read_csv(path)).rstrip('\n'), '  ')
 
 
+def base_paragraph(base_info):
+    info = dict(l.rstrip('\n').split('=', 1) for l in open(base_info) if '=' in l)
+    if info.get('source') == 'debian':
+        tree = "Linux %s (Debian's %s, %s)" % (info['version'], info['package'],
+                                              info['deb_version'])
+        commit = ('the commit the workbench\'s "kp base" makes of that tree '
+                  '(fixed author and date), not a commit of a public repository')
+    else:
+        tree = 'Linux %s (%s)' % (info['version'], info['source'])
+        commit = 'that tree\'s HEAD'
+    return textwrap.fill('The series applies to %s, where it was built and tested.  '
+                         'The base-commit below is %s.' % (tree, commit), 72)
+
+
 def main():
-    tmpl, results, base, subjects, diffstat = sys.argv[1:6]
+    tmpl, results, base, subjects, diffstat, base_info = sys.argv[1:7]
     subj = [l.rstrip('\n') for l in open(subjects) if l.strip()]
     shortlog = '\n'.join('  %*d. %s' % (len(str(len(subj))), i + 1, s) for i, s in enumerate(subj))
     text = open(tmpl).read()
@@ -166,6 +182,7 @@ def main():
                      ('@FIGURES@', figures(results)),
                      ('@SHORTLOG@', shortlog),
                      ('@DIFFSTAT@', open(diffstat).read().rstrip('\n')),
+                     ('@BASEPARA@', base_paragraph(base_info)),
                      ('@BASE@', base)):
         text = text.replace(key, val)
     sys.stdout.write(text)

@@ -115,7 +115,35 @@ fi
 
 # Clippy and rustc: any warning in the last build's log.
 if grep -q ' CLIPPY ' "$KP_LOGS/build.log" 2>/dev/null; then
-	rw=$(grep -nE '^(warning|error)(\[[A-Za-z0-9_]+\])?: ' "$KP_LOGS/build.log" | head -n 20)
+	# Each warning with the file its "-->" line names, less the base's own
+	# (configs/base-rust-warnings) and rustc's "N warnings emitted" totals.
+	rw=$(python3 - "$KP_LOGS/build.log" "$KP_TOP/configs/base-rust-warnings" <<'PY'
+import re
+import sys
+known = set()
+for line in open(sys.argv[2]):
+    if line.strip() and not line.startswith('#'):
+        known.add(tuple(line.rstrip('\n').split('\t')))
+lines = open(sys.argv[1], errors='replace').read().split('\n')
+head = re.compile(r'^(warning|error)(\[[A-Za-z0-9_]+\])?: (.*)')
+found = []
+for i, line in enumerate(lines):
+    m = head.match(line)
+    if not m or re.fullmatch(r'\d+ warnings? emitted', m.group(3)):
+        continue
+    where = ''
+    for nxt in lines[i + 1:i + 6]:
+        if head.match(nxt):
+            break
+        w = re.match(r'^\s*--> ([^:]+):', nxt)
+        if w:
+            where = w.group(1)
+            break
+    if (m.group(3), where) not in known:
+        found.append(f'{i + 1}:{line} ({where or "no location"})')
+print('\n'.join(found[:20]))
+PY
+) || kp_die "cannot read the Rust warnings of the build log" "$KP_LOGS/build.log"
 	if [ -n "$rw" ]; then
 		echo "$rw" | sed 's/^/  /' >&2
 		kp_die "Rust warnings (clippy) in the build" "$KP_LOGS/build.log"

@@ -65,7 +65,7 @@ PY
 		git -C "$KP_LINUX" $KP_GIT_CONFIG diff --stat=72 kp-base kvm-protmem >"$dir/.diffstat" &&
 	python3 "$KP_TOP/scripts/cover-letter.py" "$KP_TOP/scripts/cover-letter.in" \
 		"$KP_TOP/results" "$(git -C "$KP_LINUX" rev-parse kp-base)" \
-		"$dir/.subjects" "$dir/.diffstat" >"$dir/cover-letter.txt" ||
+		"$dir/.subjects" "$dir/.diffstat" "$KP_TREE/base.info" >"$dir/cover-letter.txt" ||
 		kp_die "cannot write the cover letter"
 	rm -f "$dir/.subjects" "$dir/.diffstat"
 	git -C "$KP_LINUX" diff --name-only --diff-filter=A kp-base kvm-protmem | while read -r f; do

@@ -72,7 +72,9 @@ have_base() {
 	m=$(apt-cache madison "$KP_BASE_PACKAGE" 2>/dev/null)
 	[[ $m == *"| $KP_BASE_SERIES."* ]]
 }
-if ! have_base; then
+if [ -n "${KERNEL_SRC:-}" ]; then
+	kp_say "KERNEL_SRC is set: the Debian base package is not needed"
+elif ! have_base; then
 	for suite in $KP_BASE_SUITES; do
 		add_suite "$suite" && apt_updated=
 		apt_update
@@ -81,7 +83,8 @@ if ! have_base; then
 	done
 	have_base || kp_die "no suite of ($KP_BASE_SUITES) offers $KP_BASE_PACKAGE $KP_BASE_SERIES.y"
 fi
-kp_say "$KP_BASE_PACKAGE on offer: $(apt-cache madison "$KP_BASE_PACKAGE" | awk -F'|' '{gsub(/ /,"",$2); gsub(/^ +| +$/,"",$3); printf "%s (%s) ", $2, $3}')"
+[ -n "${KERNEL_SRC:-}" ] ||
+	kp_say "$KP_BASE_PACKAGE on offer: $(apt-cache madison "$KP_BASE_PACKAGE" | awk -F'|' '{gsub(/ /,"",$2); gsub(/^ +| +$/,"",$3); printf "%s (%s) ", $2, $3}')"
 
 # bindgen-cli from crates.io, built by Debian's cargo-web unless a newer
 # cargo is already first on PATH.
