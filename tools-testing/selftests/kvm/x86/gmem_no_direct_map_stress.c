@@ -45,6 +45,8 @@
 #define MAP_GPA_PRIVATE		BIT_ULL(4)	/* KVM_MAP_GPA_RANGE_ENCRYPTED */
 /* Free pages the run may end with fewer of: what KVM or the harness keep. */
 #define FREE_SLACK		256
+/* How long each thread may take to finish once told to stop. */
+#define STOP_TIMEOUT_S		30
 
 static u64 next_rand(u64 *x)
 {
@@ -75,6 +77,24 @@ static struct kvm_vm *vm;
 static bool stop_host, closing;
 static u64 nr_converted, nr_touched, nr_punched, nr_allocated, nr_errors;
 static u64 nr_memory_faults;
+
+/*
+ * What each thread is doing, so that a run that does not finish says where
+ * it stopped (the selftest runner's timeout would only say that it did not).
+ */
+static struct vcpu_state {
+	int in_run;		/* inside KVM_RUN */
+	u64 runs;
+	u32 exit_reason;
+	int err;		/* errno of the last failed KVM_RUN */
+	u64 fault_gpa, fault_flags;
+} vcpu_state[NR_VCPUS];
+
+static struct host_state {
+	int op;			/* an index into host_op[] */
+	u64 ops, off, len;
+} host_state[NR_PUNCHERS];
+static const char * const host_op[] = { "idle", "punching", "allocating" };
 
 static int set_attributes(u64 gpa, u64 size, u64 attributes)
 {
@@ -119,17 +139,30 @@ static u64 map_gpa_range(u64 gpa, u64 npages, u64 attrs)
 static void *vcpu_thread(void *arg)
 {
 	struct kvm_vcpu *vcpu = arg;
+	struct vcpu_state *st = &vcpu_state[vcpu->id];
 	struct kvm_run *run = vcpu->run;
 	struct ucall uc;
+	int r;
 
 	for (;;) {
-		if (ioctl(vcpu->fd, KVM_RUN, NULL)) {
+		WRITE_ONCE(st->in_run, 1);
+		r = ioctl(vcpu->fd, KVM_RUN, NULL);
+		WRITE_ONCE(st->in_run, 0);
+		WRITE_ONCE(st->runs, st->runs + 1);
+		WRITE_ONCE(st->exit_reason, run->exit_reason);
+		if (r) {
+			WRITE_ONCE(st->err, errno);
+			if (run->exit_reason == KVM_EXIT_MEMORY_FAULT) {
+				WRITE_ONCE(st->fault_gpa, run->memory_fault.gpa);
+				WRITE_ONCE(st->fault_flags, run->memory_fault.flags);
+			}
 			/*
 			 * Another vCPU changed the range's attributes while
 			 * this one faulted on it: KVM asks the VMM to convert.
-			 * The guest wants whatever the range is now: run on.
+			 * The guest wants whatever the range is now: run on,
+			 * unless the VMM is going away.
 			 */
-			if (errno == EFAULT &&
+			if (errno == EFAULT && !READ_ONCE(closing) &&
 			    run->exit_reason == KVM_EXIT_MEMORY_FAULT) {
 				__atomic_add_fetch(&nr_memory_faults, 1, __ATOMIC_RELAXED);
 				continue;
@@ -163,12 +196,18 @@ static void *vcpu_thread(void *arg)
 static void *host_thread(void *arg)
 {
 	u64 x = (uintptr_t)arg * 0x2545f4914f6cdd1dULL + 1;
+	struct host_state *st = &host_state[(uintptr_t)arg];
 
 	while (!READ_ONCE(stop_host)) {
 		u64 len = PAGE_SIZE << (next_rand(&x) % 10);
 		u64 off = next_rand(&x) % (DATA_SIZE / len) * len;
+		bool punch = next_rand(&x) & 1;
 
-		if (next_rand(&x) & 1) {
+		WRITE_ONCE(st->off, off);
+		WRITE_ONCE(st->len, len);
+		WRITE_ONCE(st->op, punch ? 1 : 2);
+		WRITE_ONCE(st->ops, st->ops + 1);
+		if (punch) {
 			TEST_ASSERT(!fallocate(gmem, FALLOC_FL_KEEP_SIZE |
 					       FALLOC_FL_PUNCH_HOLE, off, len),
 				    "punch: %s", strerror(errno));
@@ -179,8 +218,35 @@ static void *host_thread(void *arg)
 		} else {
 			__atomic_add_fetch(&nr_allocated, 1, __ATOMIC_RELAXED);
 		}
+		WRITE_ONCE(st->op, 0);
 	}
 	return NULL;
+}
+
+/* Join @thread within STOP_TIMEOUT_S, or say what every thread is doing and fail. */
+static void join_or_report(pthread_t thread, const char *what, int i)
+{
+	struct timespec deadline;
+	int j, r;
+
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += STOP_TIMEOUT_S;
+	r = pthread_timedjoin_np(thread, NULL, &deadline);
+	if (!r)
+		return;
+
+	for (j = 0; j < NR_VCPUS; j++)
+		printf("# vCPU %d: %s KVM_RUN, %lu runs, exit %u, errno %d, fault 0x%lx/0x%lx\n",
+		       j, READ_ONCE(vcpu_state[j].in_run) ? "in" : "out of",
+		       READ_ONCE(vcpu_state[j].runs), READ_ONCE(vcpu_state[j].exit_reason),
+		       READ_ONCE(vcpu_state[j].err), READ_ONCE(vcpu_state[j].fault_gpa),
+		       READ_ONCE(vcpu_state[j].fault_flags));
+	for (j = 0; j < NR_PUNCHERS; j++)
+		printf("# host thread %d: %s, %lu calls, last 0x%lx + 0x%lx\n", j,
+		       host_op[READ_ONCE(host_state[j].op)], READ_ONCE(host_state[j].ops),
+		       READ_ONCE(host_state[j].off), READ_ONCE(host_state[j].len));
+	TEST_FAIL("%s %d did not finish within %d s of being told to stop (%s)",
+		  what, i, STOP_TIMEOUT_S, strerror(r));
 }
 
 static void run_stress(int seconds)
@@ -210,18 +276,21 @@ static void run_stress(int seconds)
 	sleep(seconds);
 	WRITE_ONCE(stop_host, true);
 	for (i = 0; i < NR_PUNCHERS; i++)
-		kvm_pthread_join(host_threads[i], NULL);
+		join_or_report(host_threads[i], "host thread", i);
 
 	/*
 	 * Close the guest_memfd and the VM while the vCPUs convert; each vCPU
 	 * closes itself at its next exit, and the last one destroys the VM.
-	 * The struct kvm_vm is left behind.
+	 * vm_mem_add() keeps a duplicate of the guest_memfd, which would keep
+	 * it (and through it the VM) alive: close that too.  The struct
+	 * kvm_vm is left behind.
 	 */
 	WRITE_ONCE(closing, true);
 	close(gmem);
+	close(memslot2region(vm, DATA_SLOT)->region.guest_memfd);
 	close(vm->fd);
 	for (i = 0; i < NR_VCPUS; i++)
-		kvm_pthread_join(vcpu_threads[i], NULL);
+		join_or_report(vcpu_threads[i], "vCPU", i);
 
 	printf("# kp-figure: stress: %d s, %d vCPUs, %d host threads: ",
 	       seconds, NR_VCPUS, NR_PUNCHERS);
