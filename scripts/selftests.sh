@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Build the KVM selftests named in configs/selftests.list against the UAPI
-# headers of $KP_BUILD, into $KP_BUILD/kselftest/kvm.  Only the listed tests
-# (and libkvm) are built; "make kselftest TARGETS=kvm" builds them all.
+# Build the KVM selftests named in configs/selftests.list, and the test
+# programs the series adds to Makefile.kvm (run or not), against the UAPI
+# headers of $KP_BUILD, into $KP_BUILD/kselftest/kvm.  Only those tests (and
+# libkvm) are built; "make kselftest TARGETS=kvm" builds them all.
 KP_STEP=selftests
 . "$(dirname "$0")/lib/common.sh"
 
@@ -20,15 +21,15 @@ kp_timer_start
 mkdir -p "$OUT"
 # The test sources the series adds or changes are compiled every time, so
 # that their warnings show (and fail this step) even when nothing changed.
-ours=$(git -C "$KP_LINUX" diff --name-only kp-base -- 'tools/testing/selftests/kvm/*.c' 2>/dev/null)
+ours=$(git -C "$KP_LINUX" diff --name-only kp-base -- 'tools/testing/selftests/kvm/*.c') ||
+	kp_die "cannot list the series' selftest sources in $KP_LINUX"
 for f in $ours; do touch "$KP_LINUX/$f"; done
-# The series' test programs are built even when the list does not run them.
-for f in $ours; do
-	rel=${f#tools/testing/selftests/kvm/}
-	case "$rel" in
-	lib/* | */lib/*) ;;
-	*) case " $targets " in *" $OUT/${rel%.c} "*) ;; *) targets="$targets $OUT/${rel%.c}" ;; esac ;;
-	esac
+# The programs the series adds to Makefile.kvm are built even when the list
+# does not run them.
+added=$(git -C "$KP_LINUX" diff kp-base -- tools/testing/selftests/kvm/Makefile.kvm) ||
+	kp_die "cannot read the series' change to Makefile.kvm"
+for t in $(sed -n 's/^+TEST_GEN_PROGS_[a-z0-9_]* *+= *//p' <<<"$added"); do
+	case " $targets " in *" $OUT/$t "*) ;; *) targets="$targets $OUT/$t" ;; esac
 done
 # shellcheck disable=SC2086
 if ! kp_log make -C "$KP_LINUX/tools/testing/selftests/kvm" -j"$KP_JOBS" ARCH=x86_64 \

@@ -8,8 +8,10 @@
  * and punches it out after making it shared) and write to them, while host
  * threads punch random holes and fallocate() random ranges of the same
  * guest_memfd.  At the end the host threads stop, and the guest_memfd and the
- * VM are closed while the vCPUs are still converting; each vCPU closes itself
- * at its next exit, and the last one takes the VM with it.  All of it runs in
+ * VM's file are closed while the vCPUs are still converting, so that the
+ * guest_memfd is released under them; each vCPU closes itself at its next
+ * exit (the VM goes when the child exits: the library's stats fds and the
+ * vCPUs' mappings hold it).  All of it runs in
  * a child process; afterwards the parent empties the cache of free blocks and
  * checks that every page removed from the direct map was restored and that
  * the free pages came back.  Lockdep, KASAN and WARN reports are for the console log
@@ -279,11 +281,12 @@ static void run_stress(int seconds)
 		join_or_report(host_threads[i], "host thread", i);
 
 	/*
-	 * Close the guest_memfd and the VM while the vCPUs convert; each vCPU
-	 * closes itself at its next exit, and the last one destroys the VM.
-	 * vm_mem_add() keeps a duplicate of the guest_memfd, which would keep
-	 * it (and through it the VM) alive: close that too.  The struct
-	 * kvm_vm is left behind.
+	 * Close the guest_memfd and the VM's file while the vCPUs convert;
+	 * each vCPU closes itself at its next exit.  vm_mem_add() keeps a
+	 * duplicate of the guest_memfd, which would keep it alive: close that
+	 * too, so that the guest_memfd is released under the vCPUs.  The VM
+	 * itself goes when the child exits (the library's stats fds and the
+	 * vCPUs' mappings hold it).  The struct kvm_vm is left behind.
 	 */
 	WRITE_ONCE(closing, true);
 	close(gmem);
