@@ -314,9 +314,11 @@ EXPORT_SYMBOL_FOR_MODULES(direct_map_restore, "kvm");
  * Context: Process context; may sleep.  The caller holds a reference to each
  * page, and no page is in a page cache any more.
  * Return: 0 on success; -EBUSY if somebody else still holds a reference to
- * a page; -EINVAL for a page of a large folio or one still in a page cache.
- * On error the pages taken back so far stay taken back, which is harmless:
- * they can be restored and freed, or taken back again.
+ * a page (e.g. the page cache, for a moment after ->free_folio()); -EINVAL
+ * for a page of a large folio or one still in a page cache.  On error the
+ * page that failed is still on an LRU list (or in the hands of whoever holds
+ * it) and charged, and the pages taken back before it stay taken back, which
+ * is harmless: they can be restored and freed, or taken back again.
  */
 int direct_map_reuse_pages(struct page *page, unsigned long nr)
 {
@@ -335,11 +337,21 @@ int direct_map_reuse_pages(struct page *page, unsigned long nr)
 			lru_add_drain_all();
 			drained = true;
 		}
-		/* Isolation takes a reference; ours keeps the folio alive. */
-		if (folio_isolate_lru(folio))
-			folio_put(folio);
-		if (folio_ref_count(folio) != 1 || folio_test_lru(folio))
+		/* Somebody else holds it: leave it alone. */
+		if (folio_ref_count(folio) != 1)
 			return -EBUSY;
+		/* Isolation takes a reference; ours keeps the folio alive. */
+		if (folio_isolate_lru(folio)) {
+			if (folio_ref_count(folio) != 2) {
+				/* Taken meanwhile: give it back to an LRU list. */
+				folio_putback_lru(folio);
+				return -EBUSY;
+			}
+			folio_put(folio);
+		} else if (folio_ref_count(folio) != 1 || folio_test_lru(folio)) {
+			/* Isolated, or added back, by someone else meanwhile. */
+			return -EBUSY;
+		}
 		folio_clear_active(folio);
 		folio_clear_unevictable(folio);
 		mem_cgroup_uncharge(folio);

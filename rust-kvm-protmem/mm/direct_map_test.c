@@ -361,6 +361,37 @@ static void direct_map_test_reuse_pages(struct kunit *test)
 	__free_page(page);
 }
 
+/* A page on an LRU list that somebody else holds is left on it. */
+static void direct_map_test_reuse_busy_lru(struct kunit *test)
+{
+	struct folio *folio = folio_alloc(GFP_KERNEL, 0);
+	struct page *page;
+
+	KUNIT_ASSERT_NOT_NULL(test, folio);
+	page = folio_page(folio, 0);
+	/* As a page cache would: an LRU folio is charged to a memory cgroup. */
+	if (mem_cgroup_charge(folio, NULL, GFP_KERNEL)) {
+		folio_put(folio);
+		KUNIT_FAIL(test, "cannot charge the folio");
+		return;
+	}
+	folio_add_lru(folio);
+	lru_add_drain_all();
+	KUNIT_ASSERT_TRUE(test, folio_test_lru(folio));
+	KUNIT_ASSERT_EQ(test, direct_map_remove(page, 1), 0);
+
+	folio_get(folio);
+	KUNIT_EXPECT_EQ(test, direct_map_reuse_pages(page, 1), -EBUSY);
+	KUNIT_EXPECT_TRUE(test, folio_test_lru(folio));
+	folio_put(folio);
+
+	KUNIT_EXPECT_EQ(test, direct_map_reuse_pages(page, 1), 0);
+	KUNIT_EXPECT_FALSE(test, folio_test_lru(folio));
+	KUNIT_EXPECT_EQ(test, folio_ref_count(folio), 1);
+	direct_map_restore(page, 1);
+	folio_put(folio);
+}
+
 static struct kunit_case direct_map_test_cases[] = {
 	KUNIT_CASE(direct_map_test_unreachable),
 	KUNIT_CASE(direct_map_test_whole_pmd_no_split),
@@ -371,6 +402,7 @@ static struct kunit_case direct_map_test_cases[] = {
 	KUNIT_CASE(direct_map_test_bad_input),
 	KUNIT_CASE(direct_map_test_zero_removed),
 	KUNIT_CASE(direct_map_test_reuse_pages),
+	KUNIT_CASE(direct_map_test_reuse_busy_lru),
 	{}
 };
 

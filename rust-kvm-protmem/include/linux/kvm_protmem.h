@@ -33,13 +33,13 @@ void kvm_protmem_put(struct kvm_protmem *pm);
 int kvm_protmem_populate(struct kvm_protmem *pm, struct inode *inode,
 			 pgoff_t start, pgoff_t end, pgoff_t size, bool blocks);
 void kvm_protmem_free_folio(void *owner);
-void kvm_protmem_settle(struct kvm_protmem *pm);
 struct kvm_protmem_cache *kvm_protmem_cache_create(unsigned int max);
 void kvm_protmem_cache_destroy(struct kvm_protmem_cache *cache);
 void kvm_protmem_cache_resize(struct kvm_protmem_cache *cache, unsigned int max);
 unsigned long kvm_protmem_cache_count(struct kvm_protmem_cache *cache);
-long kvm_protmem_cache_scan(struct kvm_protmem_cache *cache,
-			    unsigned long nr_pages);
+unsigned long kvm_protmem_cache_scan(struct kvm_protmem_cache *cache,
+				     unsigned long nr_pages);
+void kvm_protmem_cache_drain(struct kvm_protmem_cache *cache);
 
 /* Implemented in virt/kvm/guest_memfd.c, for the Rust side. */
 bool kvm_gmem_has_folio(struct inode *inode, pgoff_t start, pgoff_t end);
@@ -49,6 +49,7 @@ struct page *kvm_gmem_alloc_pages(struct inode *inode, pgoff_t index,
 void kvm_gmem_free_pages(struct page *page, unsigned long nr);
 int kvm_gmem_insert_folio(struct inode *inode, struct folio *folio,
 			  pgoff_t index, void *owner);
+void kvm_gmem_protmem_kick(bool now);
 #else
 /* Without CONFIG_KVM_PROTMEM no guest_memfd has a struct kvm_protmem. */
 static inline struct kvm_protmem *

@@ -4,9 +4,10 @@
 //!
 //! A guest_memfd created with `GUEST_MEMFD_FLAG_NO_DIRECT_MAP` keeps every page of its page cache
 //! off the host kernel's direct map. Pages are zeroed and removed before they enter the page
-//! cache ([`kvm_protmem_populate`]), and are mapped again, zeroed and freed once they have all
-//! left it ([`kvm_protmem_free_folio`]): the page cache never holds a page that is still mapped,
-//! and nothing frees a page that is still removed.
+//! cache ([`kvm_protmem_populate`]), and are mapped again, zeroed and freed, in process context
+//! and outside reclaim, once they have all left it ([`kvm_protmem_free_folio`] queues them, and
+//! [`Cache::drain`] frees them): the page cache never holds a page that is still mapped, and
+//! nothing frees a page that is still removed.
 //!
 //! Pages are removed in [`Block`]s: 2 MiB of naturally aligned memory for a naturally aligned
 //! 2 MiB range of the file, so that the direct map's 2 MiB mapping of the block is removed and
@@ -16,8 +17,8 @@
 //! A 2 MiB block whose pages have all left the page cache is kept off the direct map, up to a
 //! limit, in a [`Cache`] shared by all guest_memfds: it is taken back from the LRU and the memory
 //! cgroup, zeroed through a temporary mapping, and reused for the next 2 MiB range of any
-//! guest_memfd without a removal, a TLB flush or an allocation. A shrinker maps the cached blocks
-//! again and frees them under memory pressure.
+//! guest_memfd without a removal, a TLB flush or an allocation. Under memory pressure a shrinker
+//! lets the cached blocks go, and a worker maps them again and frees them.
 //!
 //! This file is linked into kvm.ko next to `guest_memfd.c`, which calls the functions below; both
 //! sides are declared in `include/linux/kvm_protmem.h`. The direct map is changed only through
@@ -25,16 +26,16 @@
 //!
 //! See `Documentation/virt/kvm/protected-memory.rst`.
 
-use core::{mem::ManuallyDrop, ptr::NonNull};
+use core::{pin::Pin, ptr::NonNull};
 use kernel::{
-    alloc::{kvec::PushError, KVVec},
+    alloc::KVVec,
     bindings,
     error::to_result,
     mm::direct_map::{Batch, DirectMapPages, Removed},
     new_mutex, new_spinlock,
     prelude::*,
     sync::{
-        atomic::{Atomic, Relaxed},
+        atomic::{Acquire, Atomic, Relaxed, Release},
         Arc, ArcBorrow, Mutex, SpinLock, UniqueArc,
     },
     types::ForeignOwnable,
@@ -45,6 +46,10 @@ const BLOCK_ORDER: u32 = 9;
 
 /// The number of pages in a 2 MiB [`Block`].
 const BLOCK_PAGES: usize = 1 << BLOCK_ORDER;
+
+/// How often [`Cache::drain`] finds a page of a block held by someone else before it frees the
+/// block instead of keeping it.
+const MAX_BUSY: u8 = 8;
 
 /// Physically contiguous order-0 pages of a guest_memfd, allocated together.
 ///
@@ -89,6 +94,9 @@ impl Drop for Pages {
 // SAFETY: A `Pages` is only references to pages, which may be dropped on any thread.
 unsafe impl Send for Pages {}
 
+// SAFETY: A shared `Pages` gives only the pages' address and number, which never change.
+unsafe impl Sync for Pages {}
+
 // SAFETY: By the type invariant the pages are physically contiguous and this value holds a
 // reference to each of them until it is dropped; guest_memfd changes their direct mapping only
 // through the `Removed` that owns them, and frees them only through `Pages::drop`.
@@ -102,221 +110,348 @@ unsafe impl DirectMapPages for Pages {
     }
 }
 
+/// A block's pages, with the link that queues them once the block is free.
+///
+/// Allocated with the block, in process context, so that queueing the pages for the release
+/// worker needs no allocation: `->free_folio()` and the shrinker may neither allocate nor sleep.
+struct Node {
+    removed: Removed<Pages>,
+    next: Option<KBox<Node>>,
+    /// How often a drain found a page of the block still held by someone else.
+    busy: u8,
+}
+
+/// A stack of [`Node`]s.
+///
+/// Dropping it drops the nodes one at a time (a recursive drop of a long chain could overflow
+/// the stack): each block is mapped again, zeroed and freed.
+struct Stack {
+    head: Option<KBox<Node>>,
+    len: usize,
+}
+
+impl Stack {
+    const fn new() -> Self {
+        Self { head: None, len: 0 }
+    }
+
+    fn push(&mut self, mut node: KBox<Node>) {
+        // A chain pushed along would be dropped with this stack, under its lock.
+        debug_assert!(node.next.is_none());
+        node.next = self.head.take();
+        self.head = Some(node);
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<KBox<Node>> {
+        let mut node = self.head.take()?;
+
+        self.head = node.next.take();
+        self.len -= 1;
+        Some(node)
+    }
+
+    /// Takes all the nodes, leaving the stack empty.
+    fn take(&mut self) -> Self {
+        core::mem::replace(self, Self::new())
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        while let Some(node) = self.pop() {
+            drop(node);
+        }
+    }
+}
+
 /// Pages off the direct map, shared by the page-cache folios that use them.
 ///
 /// Each page of the block that is in the page cache is a folio of its own, whose `private` holds
 /// a reference to the block. Pages that leave the page cache stay allocated, and removed, until
-/// the block's last page leaves it: then a 2 MiB block goes to the [`Cache`], and a block that
-/// the cache does not keep is mapped again as a whole (a 2 MiB block as the 2 MiB mapping it
-/// was), zeroed and freed.
+/// the block's last page leaves it: then the block is queued for [`Cache::drain`], which keeps a
+/// 2 MiB block for reuse, or maps it again as a whole (a 2 MiB block as the 2 MiB mapping it
+/// was), zeroes it and frees it.
 ///
-/// A block costs 40 bytes: the `Arc`'s count (8, padded), `first` (8), the `Removed` (16) and
-/// the reference to the guest_memfd's state (8).
+/// A block costs two 32-byte slab objects: the `Arc` (its count, `node` and `pm`) and the
+/// [`Node`] (the `Removed`, the link and the busy count).
+///
+/// # Invariants
+///
+/// `node` is `Some` from the block's creation until it is dropped, or until
+/// [`Block::release_unused`] takes it.
 struct Block {
-    /// The first page, for the folios; the pages themselves are reachable only through `removed`.
-    first: NonNull<bindings::page>,
-    removed: ManuallyDrop<Removed<Pages>>,
+    /// The pages; `None` only while the block is dropped.
+    node: Option<KBox<Node>>,
     pm: Arc<Protmem>,
 }
 
+// The folios of a block hold references to it on any CPU: it must be shareable, with no
+// `unsafe impl` (its fields are).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Block>();
+};
+
 impl Block {
+    fn removed(&self) -> Option<&Removed<Pages>> {
+        self.node.as_ref().map(|node| &node.removed)
+    }
+
+    /// Gives the pages of a block that no page of entered the page cache back at once: the
+    /// [`Cache`] keeps a 2 MiB block, still zeroed, if it has room, and the others are mapped
+    /// again and freed here, by the caller, instead of queued.
+    ///
+    /// A block whose pages entered the page cache must be dropped instead, even if this is its
+    /// last reference: its pages may still be on an LRU list and charged, and hold guest data.
+    fn release_unused(this: Arc<Self>) {
+        let Some(mut unique) = Arc::into_unique_or_drop(this) else {
+            return;
+        };
+        // `Block` is `Unpin`.
+        let block = Pin::get_mut(unique.as_mut());
+
+        // INVARIANT: `node` is taken, and the block is dropped right after.
+        if let Some(node) = block.node.take() {
+            block.pm.restored(node.removed.nr_pages());
+            drop(block.pm.cache.keep_unused(node));
+        }
+    }
+
     /// Returns the folio of the block's page `i`.
     fn folio(&self, i: usize) -> *mut bindings::folio {
         // The pages are order-0, so each is a folio of its own; the `struct page`s of a buddy
         // allocation are contiguous.
-        self.first.as_ptr().wrapping_add(i).cast()
+        self.removed().map_or(core::ptr::null_mut(), |r| {
+            r.first_page().wrapping_add(i).cast()
+        })
     }
 
     fn nr_pages(&self) -> usize {
-        self.removed.nr_pages()
+        self.removed().map_or(0, |r| r.nr_pages())
     }
 }
 
 impl Drop for Block {
+    /// Runs from `->free_folio()`, for the block's last page: constant work, no sleeping.
     fn drop(&mut self) {
-        let nr = self.nr_pages();
-
-        // SAFETY: `removed` is taken once, here, and not used after.
-        let removed = unsafe { ManuallyDrop::take(&mut self.removed) };
-        // Dropping it instead would map the pages again, then `Pages::drop` zeroes and frees them.
-        self.pm.cache.put(removed);
-        self.pm.restored(nr);
+        if let Some(node) = self.node.take() {
+            self.pm.restored(node.removed.nr_pages());
+            self.pm.cache.release(node);
+        }
     }
 }
 
-/// Free 2 MiB blocks, kept off the direct map for reuse by any guest_memfd.
+/// Free blocks, and free 2 MiB blocks kept off the direct map for reuse by any guest_memfd.
 ///
-/// A block is *pending* from the moment its last page left the page cache until [`Cache::settle`]
-/// has taken its pages back from the LRU and the memory cgroup (freeing them would have done
-/// that; when the block is freed, the page cache still holds its last page) and zeroed them
-/// through a temporary mapping, with one TLB flush for all the blocks it settles. The block is
-/// then *ready* to be reused with no removal, flush, allocation or zeroing. At most `max` blocks
-/// are kept ready; the others, and blocks that cannot be taken back (someone else holds a page),
-/// are mapped again and freed. The shrinker frees pending and ready blocks alike.
+/// A block is *released* when its last page leaves the page cache. [`Cache::drain`], in process
+/// context with no lock held that a page-table allocation may hold, takes the released blocks:
+/// up to `max` 2 MiB blocks are taken back from the LRU and the memory cgroup (freeing them would
+/// have done that; the page cache still held the last page when the block was released) and
+/// zeroed through a temporary mapping, with one TLB flush for all of them, and are then *ready*
+/// to be reused with no removal, flush, allocation or zeroing. The others are mapped again,
+/// zeroed and freed.
 ///
-/// Nothing that can reclaim memory is done with the lock held: the shrinker only try-locks it, and
-/// blocks are freed (mapped again) after it is released.
+/// `->free_folio()` and the shrinker only move nodes between stacks under a spinlock, and queue
+/// the release worker (`kvm_gmem_protmem_kick()`), which drains. Nothing that maps memory again,
+/// sleeps or allocates runs in reclaim: mapping memory again ends in a collapse, which takes
+/// init_mm's mmap lock, and a task that allocates page tables under that lock can reclaim.
+///
+/// Released blocks do not pile up: every release queues the worker, the threads that truncate
+/// (PUNCH_HOLE, the last close) drain themselves before they return, and a block that stays busy
+/// is freed after [`MAX_BUSY`] tries.
 #[pin_data]
 struct Cache {
     #[pin]
-    blocks: Mutex<CacheBlocks>,
-    /// The number of pending blocks, to skip the lock when there are none.
-    nr_pending: Atomic<usize>,
-    /// The number of ready blocks, for the shrinker to count without the lock.
-    nr_ready: Atomic<usize>,
+    lists: SpinLock<Lists>,
+    /// Serialises drains: a caller of [`Cache::drain`] returns when every block released before
+    /// the call is ready or freed, even if the worker took it.
+    #[pin]
+    draining: Mutex<()>,
+    /// Released and doomed blocks that no drain has finished with yet; changed under `lists`
+    /// when a block is queued, and after a drain has put what it kept in `ready`.
+    pending: Atomic<usize>,
     /// The most blocks kept ready; 0 turns the cache off.
     max: Atomic<usize>,
 }
 
-/// The blocks of a [`Cache`].
-struct CacheBlocks {
-    pending: KVec<Removed<Pages>>,
-    ready: KVec<Removed<Pages>>,
+/// The stacks of a [`Cache`].
+struct Lists {
+    /// Blocks whose pages have all left the page cache.
+    released: Stack,
+    /// 2 MiB blocks, zeroed, off the direct map, for reuse.
+    ready: Stack,
+    /// Blocks to map again and free: ready blocks the shrinker or a lower limit let go.
+    doomed: Stack,
 }
 
 impl Cache {
-    /// Keeps the block `removed`, whose pages are not in the page cache any more, for
-    /// [`Cache::settle`]; frees it (mapped again) if it is not a 2 MiB block, or there is no room.
-    fn put(&self, removed: Removed<Pages>) {
-        if removed.nr_pages() != BLOCK_PAGES || self.max.load(Relaxed) == 0 {
-            return;
-        }
+    /// Queues a block whose pages are not in the page cache any more.
+    ///
+    /// Any context in which `->free_folio()` runs: no sleeping, no allocation.
+    fn release(&self, node: KBox<Node>) {
+        let mut lists = self.lists.lock();
 
-        let rejected = {
-            let mut blocks = self.blocks.lock();
-            // GFP_NOWAIT: reclaim could call the shrinker, which needs the lock.
-            if blocks.pending.reserve(1, GFP_NOWAIT).is_err() {
-                Some(removed)
-            } else {
-                match blocks.pending.push_within_capacity(removed) {
-                    Ok(()) => {
-                        self.nr_pending.add(1, Relaxed);
-                        None
-                    }
-                    Err(PushError(removed)) => Some(removed),
-                }
-            }
-        };
-        // Mapped again and freed, outside the lock.
-        drop(rejected);
+        self.pending.add(1, Relaxed);
+        lists.released.push(node);
+        drop(lists);
+        // Later: the truncation that freed the block drains it itself, once it is done.
+        kick(false);
     }
 
-    /// Makes the pending blocks ready, or frees them.
+    /// Makes the released blocks ready, or frees them, and frees the doomed ones.
     ///
-    /// Called in process context, after the pages of the pending blocks have left the page cache.
-    fn settle(&self) {
-        if self.nr_pending.load(Relaxed) == 0 {
+    /// Process context; may sleep; the caller holds no lock that a page-table allocation may hold.
+    /// Called by the release worker, after a truncation and on a new limit. Returns when every
+    /// block released or doomed before the call is ready or freed, even one the worker took,
+    /// except blocks that someone else still holds a page of: those are tried again later.
+    fn drain(&self) {
+        // Pairs with the `Release` below: a drain that finished blocks is seen with its results.
+        if self.pending.load(Acquire) == 0 {
             return;
         }
+        let _serialised = self.draining.lock();
+        let mut busy = Stack::new();
 
-        let pending = {
-            let mut blocks = self.blocks.lock();
-            self.nr_pending.store(0, Relaxed);
-            core::mem::take(&mut blocks.pending)
-        };
-        let Ok(mut ready) = KVec::<Removed<Pages>>::with_capacity(pending.len(), GFP_KERNEL) else {
-            // Mapped again and freed.
-            return;
-        };
-        let mut batch = Batch::new();
-
-        for mut removed in pending {
-            // SAFETY: The block holds a reference to each of its pages, off the direct map, and
-            // none of them is in a page cache any more.
-            let back = unsafe {
-                bindings::direct_map_reuse_pages(removed.first_page(), removed.nr_pages())
+        loop {
+            let (mut released, doomed, room) = {
+                let mut lists = self.lists.lock();
+                let room = self.max.load(Relaxed).saturating_sub(lists.ready.len);
+                (lists.released.take(), lists.doomed.take(), room)
             };
-            if back == 0 && batch.zero(&mut removed).is_ok() {
-                // There is room for every pending block.
-                let _ = ready.push_within_capacity(removed);
+            let taken = released.len + doomed.len;
+            if taken == 0 {
+                break;
             }
-            // Otherwise `removed` is mapped again and freed here.
-        }
-        // The temporary mappings leave the TLBs before any of the pages can be reused.
-        batch.flush();
+            // Mapped again, zeroed and freed.
+            drop(doomed);
 
-        let mut blocks = self.blocks.lock();
-        let room = self.max.load(Relaxed).saturating_sub(blocks.ready.len());
-        let keep = ready.len().min(room);
-        if keep > 0 && blocks.ready.reserve(keep, GFP_NOWAIT).is_ok() {
-            for _ in 0..keep {
-                if let Some(removed) = ready.pop() {
-                    if blocks.ready.push_within_capacity(removed).is_ok() {
-                        self.nr_ready.add(1, Relaxed);
+            let mut ready = Stack::new();
+            let mut batch = Batch::new();
+            let mut again = 0;
+            while let Some(mut node) = released.pop() {
+                if ready.len == room || node.removed.nr_pages() != BLOCK_PAGES {
+                    // Mapped again, zeroed and freed.
+                    drop(node);
+                    continue;
+                }
+                match node.removed.reuse() {
+                    Ok(()) => {
+                        if batch.zero(&mut node.removed).is_ok() {
+                            node.busy = 0;
+                            ready.push(node);
+                        }
                     }
+                    Err(e) if e == EBUSY && node.busy < MAX_BUSY => {
+                        node.busy += 1;
+                        again += 1;
+                        busy.push(node);
+                    }
+                    // Mapped again and freed below.
+                    Err(_) => {}
                 }
             }
+            // The temporary mappings leave the TLBs before any of the pages can be reused.
+            batch.flush();
+
+            let mut lists = self.lists.lock();
+            while lists.ready.len < self.max.load(Relaxed) {
+                match ready.pop() {
+                    Some(node) => lists.ready.push(node),
+                    None => break,
+                }
+            }
+            drop(lists);
+            // Beyond a limit lowered meanwhile: mapped again and freed, outside the lock.
+            drop(ready);
+            let before = self.pending.fetch_sub(taken - again, Release);
+            debug_assert!(before >= taken - again);
         }
-        drop(blocks);
-        // The rest are mapped again and freed, outside the lock.
-        drop(ready);
+
+        if busy.len > 0 {
+            let mut lists = self.lists.lock();
+            while let Some(node) = busy.pop() {
+                lists.released.push(node);
+            }
+            drop(lists);
+            kick(false);
+        }
+    }
+
+    /// Keeps a block that no page of entered the page cache, and so is still zeroed, removed and
+    /// flushed, if it is a 2 MiB block and there is room; gives it back otherwise.
+    fn keep_unused(&self, node: KBox<Node>) -> Option<KBox<Node>> {
+        if node.removed.nr_pages() != BLOCK_PAGES {
+            return Some(node);
+        }
+        let mut lists = self.lists.lock();
+        if lists.ready.len >= self.max.load(Relaxed) {
+            return Some(node);
+        }
+        lists.ready.push(node);
+        None
     }
 
     /// Takes a ready block, zeroed and off the direct map, if there is one.
-    fn take(&self) -> Option<Removed<Pages>> {
-        self.settle();
-        if self.nr_ready.load(Relaxed) == 0 {
-            return None;
-        }
-
-        let removed = self.blocks.lock().ready.pop();
-        if removed.is_some() {
-            self.nr_ready.add(1usize.wrapping_neg(), Relaxed);
-        }
-        removed
+    fn take(&self) -> Option<KBox<Node>> {
+        self.lists.lock().ready.pop()
     }
 
-    /// Removes a block, pending ones first, if the lock can be had at once.
-    fn try_pop(&self) -> Option<Option<Removed<Pages>>> {
-        let mut blocks = self.blocks.try_lock()?;
-
-        if let Some(removed) = blocks.pending.pop() {
-            self.nr_pending.add(1usize.wrapping_neg(), Relaxed);
-            return Some(Some(removed));
-        }
-        let removed = blocks.ready.pop();
-        if removed.is_some() {
-            self.nr_ready.add(1usize.wrapping_neg(), Relaxed);
-        }
-        Some(removed)
+    /// Returns the number of pages in ready blocks.
+    fn count(&self) -> usize {
+        self.lists.lock().ready.len * BLOCK_PAGES
     }
 
-    /// Frees blocks, mapped again, until `nr_pages` pages are freed or the cache is empty.
+    /// Lets ready blocks go until `nr_pages` pages are let go or none is ready, for the release
+    /// worker to map them again and free them.
     ///
-    /// Returns the number of pages freed, or `None` if the cache is busy.
-    fn shrink(&self, nr_pages: usize) -> Option<usize> {
+    /// Reclaim context: moves blocks under the spinlock and queues the worker, nothing more.
+    /// Returns the number of pages let go.
+    fn shrink(&self, nr_pages: usize) -> usize {
         let mut freed = 0;
 
-        while freed < nr_pages {
-            match self.try_pop() {
-                Some(Some(removed)) => {
-                    freed += removed.nr_pages();
-                    drop(removed);
+        {
+            let mut lists = self.lists.lock();
+            while freed < nr_pages {
+                match lists.ready.pop() {
+                    Some(node) => {
+                        freed += node.removed.nr_pages();
+                        self.pending.add(1, Relaxed);
+                        lists.doomed.push(node);
+                    }
+                    None => break,
                 }
-                Some(None) => break,
-                None if freed == 0 => return None,
-                None => break,
             }
         }
-        Some(freed)
+        if freed > 0 {
+            kick(true);
+        }
+        freed
     }
 
     /// Keeps at most `max` blocks from now on, and frees the blocks beyond that.
     fn resize(&self, max: usize) {
         self.max.store(max, Relaxed);
-        self.settle();
-        loop {
-            let removed = {
-                let mut blocks = self.blocks.lock();
-                if blocks.ready.len() <= max {
-                    break;
+        {
+            let mut lists = self.lists.lock();
+            while lists.ready.len > max {
+                match lists.ready.pop() {
+                    Some(node) => {
+                        self.pending.add(1, Relaxed);
+                        lists.doomed.push(node);
+                    }
+                    None => break,
                 }
-                self.nr_ready.add(1usize.wrapping_neg(), Relaxed);
-                blocks.ready.pop()
-            };
-            drop(removed);
+            }
         }
+        self.drain();
     }
+}
+
+/// Queues the release worker, which calls [`Cache::drain`]: at once if `now`, else a little later.
+fn kick(now: bool) {
+    // SAFETY: `kvm_gmem_protmem_kick()` only queues a work item, in any context.
+    unsafe { bindings::kvm_gmem_protmem_kick(now) };
 }
 
 /// The per-VM counters in `struct kvm_vm_stat_generic`.
@@ -469,15 +604,16 @@ pub unsafe extern "C" fn kvm_protmem_put(pm: *mut bindings::kvm_protmem) {
 #[export]
 pub extern "C" fn kvm_protmem_cache_create(max: c_uint) -> *mut bindings::kvm_protmem_cache {
     let init = pin_init!(Cache {
-        blocks <- new_mutex!(
-            CacheBlocks {
-                pending: KVec::new(),
-                ready: KVec::new(),
+        lists <- new_spinlock!(
+            Lists {
+                released: Stack::new(),
+                ready: Stack::new(),
+                doomed: Stack::new(),
             },
             "kvm_protmem_cache"
         ),
-        nr_pending: Atomic::new(0),
-        nr_ready: Atomic::new(0),
+        draining <- new_mutex!((), "kvm_protmem_drain"),
+        pending: Atomic::new(0),
         max: Atomic::new(max as usize),
     });
 
@@ -487,13 +623,13 @@ pub extern "C" fn kvm_protmem_cache_create(max: c_uint) -> *mut bindings::kvm_pr
     }
 }
 
-/// Frees the blocks of the cache and drops the caller's reference; guest_memfds that still use
-/// it keep theirs, and their blocks are freed when they go.
+/// Frees the blocks of the cache and drops the caller's reference.
 ///
 /// # Safety
 ///
 /// `cache` must come from [`kvm_protmem_cache_create`]; it is destroyed only once, and not used
-/// by the caller after.
+/// by the caller after. No guest_memfd uses it any more, and the release worker has stopped; the
+/// caller may sleep.
 #[export]
 pub unsafe extern "C" fn kvm_protmem_cache_destroy(cache: *mut bindings::kvm_protmem_cache) {
     // SAFETY: By the safety requirements this is the reference `kvm_protmem_cache_create()`
@@ -531,45 +667,41 @@ pub unsafe extern "C" fn kvm_protmem_cache_count(
 ) -> c_ulong {
     // SAFETY: By the safety requirements `cache` came from `into_foreign()` and was not put.
     let cache = unsafe { <Arc<Cache> as ForeignOwnable>::borrow(cache.cast()) };
-    let blocks = cache.nr_pending.load(Relaxed) + cache.nr_ready.load(Relaxed);
-
-    (blocks * BLOCK_PAGES) as c_ulong
+    cache.count() as c_ulong
 }
 
-/// Frees free blocks, mapped again, until `nr_pages` pages are freed or none is left.
+/// Lets free blocks go, for the release worker to map them again and free them, until
+/// `nr_pages` pages are let go or none is left; for the shrinker, in reclaim context.
 ///
-/// Returns the number of pages freed, or -1 if the cache is busy.
+/// Returns the number of pages let go.
 ///
 /// # Safety
 ///
-/// `cache` must come from [`kvm_protmem_cache_create`] and not have been destroyed; the caller
-/// may sleep.
+/// `cache` must come from [`kvm_protmem_cache_create`] and not have been destroyed.
 #[export]
 pub unsafe extern "C" fn kvm_protmem_cache_scan(
     cache: *mut bindings::kvm_protmem_cache,
     nr_pages: c_ulong,
-) -> c_long {
+) -> c_ulong {
     // SAFETY: By the safety requirements `cache` came from `into_foreign()` and was not put.
     let cache = unsafe { <Arc<Cache> as ForeignOwnable>::borrow(cache.cast()) };
 
-    match cache.shrink(nr_pages) {
-        Some(freed) => freed as c_long,
-        None => -1,
-    }
+    cache.shrink(nr_pages) as c_ulong
 }
 
-/// Makes the blocks that the inode's truncation freed ready for reuse.
+/// Makes the blocks released so far ready for reuse, or maps them again and frees them; for the
+/// release worker, and after a truncation.
 ///
 /// # Safety
 ///
-/// `pm` must come from [`kvm_protmem_create`] and not have been put; the caller may sleep and
-/// must have finished truncating.
+/// `cache` must come from [`kvm_protmem_cache_create`] and not have been destroyed; the caller
+/// may sleep, and holds no lock that a page-table allocation may hold.
 #[export]
-pub unsafe extern "C" fn kvm_protmem_settle(pm: *mut bindings::kvm_protmem) {
-    // SAFETY: By the safety requirements `pm` came from `into_foreign()` and was not put.
-    let pm = unsafe { <Arc<Protmem> as ForeignOwnable>::borrow(pm.cast()) };
+pub unsafe extern "C" fn kvm_protmem_cache_drain(cache: *mut bindings::kvm_protmem_cache) {
+    // SAFETY: By the safety requirements `cache` came from `into_foreign()` and was not put.
+    let cache = unsafe { <Arc<Cache> as ForeignOwnable>::borrow(cache.cast()) };
 
-    pm.cache.settle();
+    cache.drain();
 }
 
 /// Adds zeroed pages, off the direct map, for every index in `start..end` that has none.
@@ -582,15 +714,17 @@ pub unsafe extern "C" fn kvm_protmem_settle(pm: *mut bindings::kvm_protmem) {
 /// All or nothing for the direct map: everything is removed, with one TLB flush for the whole
 /// request, before any of it enters the page cache. If a removal fails, nothing is added and the
 /// error (`-ENOMEM` when a large mapping could not be split) is returned. A page that loses a race
-/// with another thread adding the same index stays with its block, which is freed when its last
-/// page leaves the page cache, or at once if no page of it entered.
+/// with another thread adding the same index stays with its block, which is released when its
+/// last page leaves the page cache. The blocks of this request that no page of got in go to the
+/// [`Cache`] (2 MiB blocks, while it has room), or are mapped again and freed, before it returns.
 ///
 /// Returns 0, `-ENOMEM`, `-EINTR`, or an error of the page cache.
 ///
 /// # Safety
 ///
-/// `pm` must be the state of `inode`, a live guest_memfd inode of `size` pages, and the caller
-/// may sleep.
+/// `pm` must be the state of `inode`, a live guest_memfd inode of `size` pages; the caller may
+/// sleep, and holds no lock that a page-table allocation may hold (mapping memory again takes
+/// init_mm's mmap lock).
 #[export]
 pub unsafe extern "C" fn kvm_protmem_populate(
     pm: *mut bindings::kvm_protmem,
@@ -640,7 +774,7 @@ unsafe fn new_block(
     blocks: bool,
 ) -> Result<(usize, Arc<Block>, bool)> {
     // Room first: removed pages must not be dropped uncounted.
-    let block = UniqueArc::new_uninit(GFP_KERNEL)?;
+    let block = UniqueArc::new_uninit(GFP_KERNEL_ACCOUNT)?;
     let base = index & !(BLOCK_PAGES - 1);
     let whole = blocks
         && base >= planned
@@ -652,9 +786,11 @@ unsafe fn new_block(
         .then(|| pm.cache.take())
         .flatten();
 
-    let (first, removed, reused) = if let Some(removed) = cached {
-        (base, removed, true)
+    let (first, node, reused) = if let Some(node) = cached {
+        (base, node, true)
     } else {
+        // The node too: the pages must be queued without an allocation when they are freed.
+        let node = KBox::<Node>::new_uninit(GFP_KERNEL_ACCOUNT)?;
         // SAFETY: `inode` is a live guest_memfd inode.
         let pages = match whole.then(|| unsafe { Pages::alloc(inode, base, BLOCK_ORDER) }) {
             Some(Some(pages)) => pages,
@@ -662,12 +798,19 @@ unsafe fn new_block(
             _ => unsafe { Pages::alloc(inode, index, 0) }.ok_or(ENOMEM)?,
         };
         let first = if pages.nr == BLOCK_PAGES { base } else { index };
-        (first, batch.remove(pages)?, false)
+        let removed = batch.remove(pages)?;
+        (
+            first,
+            node.write(Node {
+                removed,
+                next: None,
+                busy: 0,
+            }),
+            false,
+        )
     };
-    let page = NonNull::new(removed.first_page()).ok_or(EINVAL)?;
     let block = block.write(Block {
-        first: page,
-        removed: ManuallyDrop::new(removed),
+        node: Some(node),
         pm: pm.into(),
     });
 
@@ -727,11 +870,18 @@ unsafe fn populate(
     pm.removed(nr, splits);
     pm.reused(reused);
 
-    // On error the blocks are restored and freed as `new` is dropped.
-    removed?;
+    if let Err(e) = removed {
+        // None of them entered the page cache: kept, or mapped again and freed here.
+        for (_, block) in new {
+            Block::release_unused(block);
+        }
+        return Err(e);
+    }
 
     let mut ret = Ok(());
-    for (first, block) in new {
+    let mut new = new.into_iter();
+    for (first, block) in &mut new {
+        let mut entered = false;
         for i in 0..block.nr_pages() {
             let owner = block.clone().into_foreign();
             // SAFETY: `inode` is a live guest_memfd inode; the folio is a new order-0 page of the
@@ -746,12 +896,25 @@ unsafe fn populate(
                     ret = to_result(err);
                     break;
                 }
+            } else {
+                entered = true;
             }
+        }
+        if entered {
+            // Released, and drained, when its last page leaves the page cache: maybe already,
+            // truncated by a PUNCH_HOLE that raced with a fault.
+            drop(block);
+        } else {
+            // No page of it got in: kept, or mapped again and freed here.
+            Block::release_unused(block);
         }
         if ret.is_err() {
             break;
         }
-        // Dropping the last reference restores and frees a block that no page of got in.
+    }
+    // The blocks after a failed insertion.
+    for (_, block) in new {
+        Block::release_unused(block);
     }
     ret
 }
@@ -759,8 +922,9 @@ unsafe fn populate(
 /// Lets go of a folio that leaves the page cache.
 ///
 /// Called from guest_memfd's `->free_folio()` for folios whose `private` is set. When it was the
-/// last page of its block in the page cache, the block is mapped again, zeroed and freed; until
-/// then the page stays allocated (the block holds a reference) and removed.
+/// last page of its block in the page cache, the block is queued for [`Cache::drain`]; until then
+/// the page stays allocated (the block holds a reference) and removed. Constant work under a
+/// spinlock: it neither sleeps nor allocates.
 ///
 /// # Safety
 ///

@@ -121,6 +121,31 @@ impl<P: DirectMapPages> Removed<P> {
         self.pages.first_page()
     }
 
+    /// Takes back pages that left a page cache, to add them to a page cache again without
+    /// mapping them again.
+    ///
+    /// Each page is taken off its LRU list and uncharged from its memory cgroup, as freeing it
+    /// would, and can then be added to a page cache like a newly allocated page. Pages that never
+    /// were in a page cache are left as they are.
+    ///
+    /// Fails with [`EBUSY`] if somebody else still holds a reference to a page (the page cache
+    /// holds one for a moment after `->free_folio()`), and with [`EINVAL`] for a page of a large
+    /// folio or one still in a page cache. On error the pages may be dropped (mapped again and
+    /// freed), or taken back again later.
+    ///
+    /// Might sleep.
+    ///
+    /// [`EBUSY`]: crate::error::code::EBUSY
+    /// [`EINVAL`]: crate::error::code::EINVAL
+    pub fn reuse(&mut self) -> Result {
+        // SAFETY: By the type invariant and the `DirectMapPages` contract, `self` owns the pages,
+        // holding a reference to each; `direct_map_reuse_pages()` checks that none of them is in
+        // a page cache, and that nobody else holds one.
+        to_result(unsafe {
+            bindings::direct_map_reuse_pages(self.pages.first_page(), self.pages.nr_pages())
+        })
+    }
+
     /// Maps the pages again and gives them back.
     ///
     /// Might sleep.

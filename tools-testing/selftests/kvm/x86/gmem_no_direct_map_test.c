@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 
@@ -101,6 +102,24 @@ static int block_cache(int max)
 	snprintf(buf, sizeof(buf), "%d", max);
 	write_file(CACHE_PARAM, buf);
 	return old;
+}
+
+/*
+ * Wait up to @secs seconds for the vmstat counter @name to reach @want, and
+ * return its value: blocks are mapped again by a worker.
+ */
+static u64 wait_vmstat(const char *name, u64 want, int secs)
+{
+	u64 val;
+	int i;
+
+	for (i = 0; i < secs * 100; i++) {
+		val = get_vmstat(name);
+		if (val >= want)
+			break;
+		usleep(10000);
+	}
+	return val;
 }
 
 FIXTURE(mode) {
@@ -552,6 +571,8 @@ static void guest_mark_then_check_zero(void)
 FIXTURE(block_cache) {
 	int cache;
 	u64 removed0, restored0;
+	/* Sysctls a test changed, to put back; -1 if unchanged. */
+	int wsf, hvo;
 };
 
 FIXTURE_SETUP(block_cache)
@@ -562,10 +583,23 @@ FIXTURE_SETUP(block_cache)
 	self->cache = block_cache(0);
 	self->removed0 = get_vmstat("direct_map_removed");
 	self->restored0 = get_vmstat("direct_map_restored");
+	self->wsf = -1;
+	self->hvo = -1;
 }
 
-FIXTURE_TEARDOWN(block_cache)
+#define HVO		"/proc/sys/vm/hugetlb_optimize_vmemmap"
+#define NR_HUGEPAGES	"/proc/sys/vm/nr_hugepages"
+#define WSF		"/proc/sys/vm/watermark_scale_factor"
+
+static void write_int(const char *path, int val);
+
+/* In the parent: a test killed by its timeout does not leave the sysctls. */
+FIXTURE_TEARDOWN_PARENT(block_cache)
 {
+	if (self->wsf >= 0)
+		write_int(WSF, self->wsf);
+	if (self->hvo >= 0)
+		write_int(HVO, self->hvo);
 	if (!access(CACHE_PARAM, W_OK))
 		block_cache(self->cache);
 }
@@ -636,8 +670,190 @@ TEST_F(block_cache, limit_and_shrinker)
 	ASSERT_EQ(get_vmstat("direct_map_restored") - restored0,
 		  DATA_PAGES - BLOCK_PAGES);
 
+	/* The shrinker hands the blocks to a worker, which maps them again. */
 	write_file("/proc/sys/vm/drop_caches", "2");
-	ASSERT_EQ(get_vmstat("direct_map_restored") - restored0, DATA_PAGES);
+	ASSERT_EQ(wait_vmstat("direct_map_restored", restored0 + DATA_PAGES, 30) -
+		  restored0, DATA_PAGES);
+}
+
+static u64 read_meminfo(const char *name)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char key[64];
+	u64 val;
+
+	TEST_ASSERT(f, "open /proc/meminfo");
+	while (fscanf(f, "%63s %lu kB\n", key, &val) == 2) {
+		if (!strncmp(key, name, strlen(name)) && key[strlen(name)] == ':') {
+			fclose(f);
+			return val << 10;
+		}
+	}
+	fclose(f);
+	TEST_FAIL("no %s in /proc/meminfo", name);
+	return 0;
+}
+
+/* lockdep's debug_locks: 1 while no report was made, -1 without lockdep. */
+static int lockdep_debug_locks(void)
+{
+	FILE *f = fopen("/proc/lockdep_stats", "r");
+	char line[128];
+	int val = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, " debug_locks: %d", &val) == 1)
+			break;
+	fclose(f);
+	return val;
+}
+
+/*
+ * Whether kswapd gave up on a node: after MAX_RECLAIM_RETRIES runs without
+ * progress it is not woken again until reclaim makes progress on a balanced
+ * node, which memory that only the shrinker frees does not give it.
+ */
+static bool kswapd_gave_up(void)
+{
+	FILE *f = fopen("/proc/zoneinfo", "r");
+	char line[128];
+	bool hopeless = false;
+	int val;
+
+	TEST_ASSERT(f, "open /proc/zoneinfo");
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, " node_unreclaimable: %d", &val) == 1 && val)
+			hopeless = true;
+	fclose(f);
+	return hopeless;
+}
+
+static int read_int(const char *path)
+{
+	char buf[32] = {};
+	int fd = open(path, O_RDONLY);
+
+	TEST_ASSERT(fd >= 0, "open %s", path);
+	TEST_ASSERT(read(fd, buf, sizeof(buf) - 1) > 0, "read %s", path);
+	close(fd);
+	return atoi(buf);
+}
+
+static void write_int(const char *path, int val)
+{
+	char buf[16];
+
+	snprintf(buf, sizeof(buf), "%d", val);
+	write_file(path, buf);
+}
+
+/*
+ * Allocate page tables with init_mm's mmap lock held for reading, as a real
+ * host does: the HugeTLB vmemmap optimisation splits the vmemmap's 2 MiB
+ * mappings of a new huge page under that lock.  Under lockdep this records
+ * that the lock is held across an allocation that may reclaim.
+ */
+static bool page_tables_under_init_mm_lock(int *saved_hvo)
+{
+	int nr, got, hvo, fd;
+
+	if (access(HVO, W_OK) || access(NR_HUGEPAGES, W_OK))
+		return false;
+	nr = read_int(NR_HUGEPAGES);
+	hvo = read_int(HVO);
+	/* Refused, e.g. without a vmemmap to optimise: nothing to record. */
+	fd = open(HVO, O_WRONLY);
+	if (fd < 0)
+		return false;
+	if (write(fd, "1", 1) != 1) {
+		close(fd);
+		return false;
+	}
+	close(fd);
+	*saved_hvo = hvo;
+	write_int(NR_HUGEPAGES, nr + 1);
+	got = read_int(NR_HUGEPAGES);
+	write_int(NR_HUGEPAGES, nr);
+	return got > nr;
+}
+
+/*
+ * Real reclaim runs the cache's shrinker: kswapd, woken by an allocation
+ * that takes free memory below the low watermark (raised here to 30% of
+ * memory), holds the reclaim context and calls every shrinker while it
+ * cannot free the anonymous memory that fills the machine.  The blocks must
+ * come back to the direct map, and never from inside reclaim: a restore takes
+ * init_mm's mmap lock for writing, and a task that allocates page tables
+ * under it for reading can itself reclaim (see above).  With lockdep
+ * (the debug kernels), that is a reported lock inversion, which the test
+ * reads from debug_locks.  It skips where it cannot be sure that kswapd
+ * reaches the shrinker soon (swap, or memory that takes long to fill) or
+ * where it would take too much of a busy machine's memory.
+ */
+TEST_F_TIMEOUT(block_cache, shrinker_under_kswapd, 300)
+{
+	u64 restored0 = self->restored0, total, max, len, step, restored;
+	u64 kswapd0;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	char *mem;
+	int gmem;
+
+	if (access(WSF, W_OK))
+		SKIP(return, "no " WSF);
+	total = read_meminfo("MemTotal");
+	if (read_meminfo("SwapTotal"))
+		SKIP(return, "swap: kswapd may reclaim without the shrinker");
+	if (total > 16ULL * SZ_1G)
+		SKIP(return, "%lu MiB of memory: too much to fill", total >> 20);
+	if (read_meminfo("MemFree") < total / 2)
+		SKIP(return, "less than half of memory free");
+	if (kswapd_gave_up())
+		SKIP(return, "kswapd gave up on a node (an earlier run of this test?)");
+	if (!lockdep_debug_locks())
+		SKIP(return, "lockdep is off: it reported before this test");
+	if (lockdep_debug_locks() < 0)
+		TH_LOG("no lockdep: the lock order is not checked");
+	if (!page_tables_under_init_mm_lock(&self->hvo))
+		TH_LOG("no huge page: no page table allocated under init_mm's lock");
+
+	block_cache(DATA_PAGES / BLOCK_PAGES);
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
+	close(gmem);
+	kvm_vm_free(vm);
+	ASSERT_EQ(get_vmstat("direct_map_restored") - restored0, 0);
+
+	self->wsf = read_int(WSF);
+	write_int(WSF, 3000);
+	/*
+	 * kswapd wakes once every zone is below its low watermark, so fill
+	 * until it ran, in steps, leaving 5% of memory free.
+	 */
+	max = read_meminfo("MemFree") - total / 20;
+	mem = mmap(NULL, max, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(mem, MAP_FAILED);
+	/* No huge pages: their compaction would stall the fill. */
+	madvise(mem, max, MADV_NOHUGEPAGE);
+	kswapd0 = get_vmstat("pageoutrun");
+	for (len = 0; len < max && get_vmstat("pageoutrun") == kswapd0; ) {
+		step = min_t(u64, SZ_64M, max - len);
+		if (madvise(mem + len, step, MADV_POPULATE_WRITE))
+			memset(mem + len, 1, step);
+		len += step;
+	}
+	restored = wait_vmstat("direct_map_restored", restored0 + DATA_PAGES, 60);
+	TH_LOG("%lu MiB of %lu MiB filled, %lu pages restored, kswapd ran %lu times",
+	       len >> 20, total >> 20, restored - restored0,
+	       get_vmstat("pageoutrun") - kswapd0);
+	munmap(mem, max);
+
+	ASSERT_EQ(restored - restored0, DATA_PAGES);
+	ASSERT_NE(lockdep_debug_locks(), 0) TH_LOG("lockdep reported a problem");
 }
 
 #define CG_ROOT		"/sys/fs/cgroup"
