@@ -84,6 +84,25 @@ static const struct vm_shape default_vm = {
 	.type = KVM_X86_DEFAULT_VM,
 };
 
+static int read_int(const char *path)
+{
+	char buf[32] = {};
+	int fd = open(path, O_RDONLY);
+
+	TEST_ASSERT(fd >= 0, "open %s", path);
+	TEST_ASSERT(read(fd, buf, sizeof(buf) - 1) > 0, "read %s", path);
+	close(fd);
+	return atoi(buf);
+}
+
+static void write_int(const char *path, int val)
+{
+	char buf[16];
+
+	snprintf(buf, sizeof(buf), "%d", val);
+	write_file(path, buf);
+}
+
 /*
  * Set the most free 2 MiB blocks the kernel keeps off the direct map, and
  * return the old limit.  Lowering it frees the blocks beyond the new limit at
@@ -91,16 +110,9 @@ static const struct vm_shape default_vm = {
  */
 static int block_cache(int max)
 {
-	char buf[16] = {};
-	int fd, old;
+	int old = read_int(CACHE_PARAM);
 
-	fd = open(CACHE_PARAM, O_RDONLY);
-	TEST_ASSERT(fd >= 0, "open %s", CACHE_PARAM);
-	TEST_ASSERT(read(fd, buf, sizeof(buf) - 1) > 0, "read %s", CACHE_PARAM);
-	close(fd);
-	old = atoi(buf);
-	snprintf(buf, sizeof(buf), "%d", max);
-	write_file(CACHE_PARAM, buf);
+	write_int(CACHE_PARAM, max);
 	return old;
 }
 
@@ -591,8 +603,6 @@ FIXTURE_SETUP(block_cache)
 #define NR_HUGEPAGES	"/proc/sys/vm/nr_hugepages"
 #define WSF		"/proc/sys/vm/watermark_scale_factor"
 
-static void write_int(const char *path, int val);
-
 /* In the parent: a test killed by its timeout does not leave the sysctls. */
 FIXTURE_TEARDOWN_PARENT(block_cache)
 {
@@ -728,25 +738,6 @@ static bool kswapd_gave_up(void)
 			hopeless = true;
 	fclose(f);
 	return hopeless;
-}
-
-static int read_int(const char *path)
-{
-	char buf[32] = {};
-	int fd = open(path, O_RDONLY);
-
-	TEST_ASSERT(fd >= 0, "open %s", path);
-	TEST_ASSERT(read(fd, buf, sizeof(buf) - 1) > 0, "read %s", path);
-	close(fd);
-	return atoi(buf);
-}
-
-static void write_int(const char *path, int val)
-{
-	char buf[16];
-
-	snprintf(buf, sizeof(buf), "%d", val);
-	write_file(path, buf);
 }
 
 /*
