@@ -108,6 +108,107 @@ static void __direct_map_restore(unsigned long pfn, unsigned long nr)
 	}
 }
 
+/* Whether any of @nr pages from @page has hardware poison. */
+static bool direct_map_poisoned(struct page *page, unsigned long nr)
+{
+	unsigned long i;
+
+	for (i = 0; i < nr; i++)
+		if (PageHWPoison(page + i))
+			return true;
+	return false;
+}
+
+/*
+ * Restore one step of a range being restored.  A page with hardware poison
+ * is never mapped again: memory_failure() may have unmapped it already
+ * (set_mce_nospec()), and any access, even a speculative one, would consume
+ * the poison.  The runs of other pages in such a step are restored one by
+ * one, which splits the step's large mapping; a run whose split fails (an
+ * order-0 page-table allocation) stays removed.  Return the number of pages
+ * left removed.
+ */
+static unsigned long direct_map_restore_step(unsigned long pfn,
+					     unsigned long n)
+{
+	unsigned long i = 0, run, left = 0;
+
+	if (!direct_map_poisoned(pfn_to_page(pfn), n)) {
+		/*
+		 * Cannot fail: the step was removed with the same boundaries,
+		 * so any split it needs has been done.
+		 */
+		WARN_ON_ONCE(set_direct_map_restore_noflush(pfn_to_page(pfn), n));
+		return 0;
+	}
+
+	while (i < n) {
+		if (PageHWPoison(pfn_to_page(pfn + i))) {
+			left++;
+			i++;
+			continue;
+		}
+		for (run = 1; i + run < n; run++)
+			if (PageHWPoison(pfn_to_page(pfn + i + run)))
+				break;
+		if (set_direct_map_restore_noflush(pfn_to_page(pfn + i), run)) {
+			pr_warn_ratelimited("direct_map: pfns %#lx-%#lx next to a poisoned page stay removed\n",
+					    pfn + i, pfn + i + run - 1);
+			left += run;
+		}
+		i += run;
+	}
+	return left;
+}
+
+/**
+ * direct_map_page_present - Whether a page is in the direct map
+ * @page: the page
+ *
+ * After direct_map_restore() of a range with hardware poison in it
+ * (direct_map_has_hwpoison()), a poisoned page, or rarely one next to it
+ * whose restore failed, is still out of the direct map.  The caller must
+ * not touch such a page.  It may drop its reference to a poisoned one (the
+ * page allocator never hands out a poisoned page); it keeps any other, out
+ * of use for good.
+ *
+ * Context: Process context; may sleep (the walk of the direct map holds
+ * init_mm's mmap lock, so that no collapse frees a page table under it).
+ * Return: true if the kernel can access @page through the direct map.
+ */
+bool direct_map_page_present(struct page *page)
+{
+	bool present;
+
+	might_sleep();
+
+	if (PageHighMem(page))
+		return true;
+
+	mmap_read_lock(&init_mm);
+	present = kernel_page_present(page);
+	mmap_read_unlock(&init_mm);
+	return present;
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_page_present, "kvm");
+
+/**
+ * direct_map_has_hwpoison - Whether removed pages have hardware poison
+ * @page: first page of a physically contiguous range
+ * @nr: number of pages in the range
+ *
+ * A user that keeps removed pages for reuse checks them before it hands
+ * them to the next user: a poisoned page must be neither zeroed nor reused.
+ *
+ * Context: Any context.
+ * Return: true if any of the pages has hardware poison.
+ */
+bool direct_map_has_hwpoison(struct page *page, unsigned long nr)
+{
+	return direct_map_poisoned(page, nr);
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_has_hwpoison, "kvm");
+
 /**
  * direct_map_batch_remove - Remove pages from the direct map, flush later
  * @batch: the batch that will flush the TLB for this range
@@ -189,7 +290,8 @@ EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_remove, "kvm");
  * before the next user of the pages can write to them.
  *
  * Context: Process context; may sleep.  The caller must own the pages.
- * Return: 0 on success; -EINVAL for an empty range; -ENOMEM if no temporary
+ * Return: 0 on success; -EINVAL for an empty range; -EHWPOISON if a page
+ * has hardware poison (it must not be written); -ENOMEM if no temporary
  * mapping could be made.  On error the pages are unchanged.
  */
 int direct_map_batch_zero(struct direct_map_batch *batch, struct page *page,
@@ -203,6 +305,8 @@ int direct_map_batch_zero(struct direct_map_batch *batch, struct page *page,
 
 	if (!nr)
 		return -EINVAL;
+	if (direct_map_poisoned(page, nr))
+		return -EHWPOISON;
 	if (direct_map_should_fail(nr))
 		return -ENOMEM;
 
@@ -282,20 +386,32 @@ EXPORT_SYMBOL_FOR_MODULES(direct_map_remove, "kvm");
  * Map the pages again with the direct map's default protections, and
  * collapse large mappings where the whole large page is mapped again.  The
  * range must be one that was removed, with the same boundaries; then this
- * cannot fail.  The pages may be freed once it returns.
+ * cannot fail.  The pages may be used and freed once it returns, except
+ * that a page with hardware poison is never mapped again, nor, if the split
+ * around it fails, the other pages of its 2M range: after a restore of a
+ * range for which direct_map_has_hwpoison() is true, the caller checks each
+ * page with direct_map_page_present().  A page poisoned after the check
+ * that this makes is mapped again, as in mm's other paths.
  *
  * Context: Process context; may sleep.
  */
 void direct_map_restore(struct page *page, unsigned long nr)
 {
+	unsigned long pfn = page_to_pfn(page);
+	unsigned long done, n, left = 0;
+
 	might_sleep();
 
 	if (WARN_ON_ONCE(!can_set_direct_map() || !nr))
 		return;
 
-	__direct_map_restore(page_to_pfn(page), nr);
-	atomic_long_sub(nr, &direct_map_nr_removed);
-	count_vm_events(DIRECT_MAP_RESTORED, nr);
+	for (done = 0; done < nr; done += n) {
+		n = direct_map_step(pfn + done, nr - done);
+		left += direct_map_restore_step(pfn + done, n);
+	}
+	/* What stays removed is out of use for good, and stays counted. */
+	atomic_long_sub(nr - left, &direct_map_nr_removed);
+	count_vm_events(DIRECT_MAP_RESTORED, nr - left);
 }
 EXPORT_SYMBOL_FOR_MODULES(direct_map_restore, "kvm");
 
@@ -308,14 +424,17 @@ EXPORT_SYMBOL_FOR_MODULES(direct_map_restore, "kvm");
  * removed, to add them to a page cache again later, takes them back with
  * this instead of freeing them: each page is taken off its LRU list and
  * uncharged from its memory cgroup, as freeing it would, and can then be
- * added to a page cache like a newly allocated page.  Pages that never were
- * in a page cache are left as they are.
+ * added to a page cache like a newly allocated page.  A page on no LRU list
+ * (e.g. charged with filemap_charge_folio() but never added) is only
+ * uncharged, if it is charged.
  *
  * Context: Process context; may sleep.  The caller holds a reference to each
  * page, and no page is in a page cache any more.
- * Return: 0 on success; -EBUSY if somebody else still holds a reference to
- * a page (e.g. the page cache, for a moment after ->free_folio()); -EINVAL
- * for a page of a large folio or one still in a page cache.  On error the
+ * Return: 0 on success; -EHWPOISON if a page has hardware poison (nothing
+ * is taken back: the pages must be restored and freed); -EBUSY if somebody
+ * else still holds a reference to a page (e.g. the page cache, for a moment
+ * after ->free_folio()); -EINVAL for a page of a large folio or one still in
+ * a page cache.  On error the
  * page that failed is still on an LRU list (or in the hands of whoever holds
  * it) and charged, and the pages taken back before it stay taken back, which
  * is harmless: they can be restored and freed, or taken back again.
@@ -326,6 +445,9 @@ int direct_map_reuse_pages(struct page *page, unsigned long nr)
 	unsigned long i;
 
 	might_sleep();
+
+	if (direct_map_poisoned(page, nr))
+		return -EHWPOISON;
 
 	for (i = 0; i < nr; i++) {
 		struct folio *folio = page_folio(page + i);
@@ -384,6 +506,9 @@ bool direct_map_check_free(struct page *page, unsigned int order)
 
 	for (i = 0; i < (1UL << order); i++) {
 		if (likely(kernel_page_present(page + i)))
+			continue;
+		/* The allocator keeps an order-0 poisoned page, untouched. */
+		if (!order && PageHWPoison(page + i))
 			continue;
 		WARN_ONCE(1, "direct_map: pfn %#lx freed while out of the direct map; leaking it\n",
 			  page_to_pfn(page + i));

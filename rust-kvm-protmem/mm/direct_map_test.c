@@ -392,6 +392,53 @@ static void direct_map_test_reuse_busy_lru(struct kunit *test)
 	folio_put(folio);
 }
 
+/*
+ * A page with hardware poison is never mapped again, zeroed or taken back
+ * for reuse, and the rest of its range is restored around it.  The test
+ * sets and clears the poison flag itself, on pages it owns.
+ */
+static void direct_map_test_hwpoison(struct kunit *test)
+{
+	struct page *page = alloc_pages(GFP_KERNEL | __GFP_NOWARN, 2);
+	struct direct_map_batch batch;
+	struct dm_counts a, b;
+
+	if (!IS_ENABLED(CONFIG_MEMORY_FAILURE)) {
+		if (page)
+			__free_pages(page, 2);
+		kunit_skip(test, "no CONFIG_MEMORY_FAILURE");
+	}
+	if (!page)
+		kunit_skip(test, "no order-2 pages");
+	KUNIT_ASSERT_EQ(test, direct_map_remove(page, 4), 0);
+	SetPageHWPoison(page + 1);
+	KUNIT_EXPECT_TRUE(test, direct_map_has_hwpoison(page, 4));
+	KUNIT_EXPECT_FALSE(test, direct_map_has_hwpoison(page + 2, 2));
+
+	direct_map_batch_init(&batch);
+	KUNIT_EXPECT_EQ(test, direct_map_batch_zero(&batch, page, 4), -EHWPOISON);
+	KUNIT_EXPECT_EQ(test, batch.nr_zeroed, 0);
+	direct_map_batch_flush(&batch);
+	KUNIT_EXPECT_EQ(test, direct_map_reuse_pages(page, 4), -EHWPOISON);
+
+	dm_read_counts(test, &a);
+	direct_map_restore(page, 4);
+	dm_read_counts(test, &b);
+	KUNIT_EXPECT_EQ(test, b.restored - a.restored, 3);
+	dm_expect_readable(test, page, 1, true);
+	dm_expect_readable(test, page + 1, 1, false);
+	dm_expect_readable(test, page + 2, 2, true);
+	KUNIT_EXPECT_TRUE(test, direct_map_page_present(page));
+	KUNIT_EXPECT_FALSE(test, direct_map_page_present(page + 1));
+	KUNIT_EXPECT_TRUE(test, direct_map_page_present(page + 3));
+
+	/* Unpoisoned: restored like any removed page, then freed. */
+	ClearPageHWPoison(page + 1);
+	direct_map_restore(page + 1, 1);
+	dm_expect_readable(test, page, 4, true);
+	__free_pages(page, 2);
+}
+
 static struct kunit_case direct_map_test_cases[] = {
 	KUNIT_CASE(direct_map_test_unreachable),
 	KUNIT_CASE(direct_map_test_whole_pmd_no_split),
@@ -403,6 +450,7 @@ static struct kunit_case direct_map_test_cases[] = {
 	KUNIT_CASE(direct_map_test_zero_removed),
 	KUNIT_CASE(direct_map_test_reuse_pages),
 	KUNIT_CASE(direct_map_test_reuse_busy_lru),
+	KUNIT_CASE(direct_map_test_hwpoison),
 	{}
 };
 

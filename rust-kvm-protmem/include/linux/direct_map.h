@@ -53,6 +53,8 @@ void direct_map_batch_flush(struct direct_map_batch *batch);
 int direct_map_reuse_pages(struct page *page, unsigned long nr);
 int direct_map_remove(struct page *page, unsigned long nr);
 void direct_map_restore(struct page *page, unsigned long nr);
+bool direct_map_page_present(struct page *page);
+bool direct_map_has_hwpoison(struct page *page, unsigned long nr);
 bool direct_map_removal_active(void);
 #else
 static inline int direct_map_batch_remove(struct direct_map_batch *batch,
@@ -83,6 +85,16 @@ static inline int direct_map_remove(struct page *page, unsigned long nr)
 
 static inline void direct_map_restore(struct page *page, unsigned long nr)
 {
+}
+
+static inline bool direct_map_page_present(struct page *page)
+{
+	return true;
+}
+
+static inline bool direct_map_has_hwpoison(struct page *page, unsigned long nr)
+{
+	return false;
 }
 
 static inline bool direct_map_removal_active(void)

@@ -44,6 +44,8 @@ void kvm_protmem_cache_drain(struct kvm_protmem_cache *cache);
 /* Implemented in virt/kvm/guest_memfd.c, for the Rust side. */
 bool kvm_gmem_has_folio(struct inode *inode, pgoff_t start, pgoff_t end);
 bool kvm_gmem_has_policy(struct inode *inode, pgoff_t index);
+int kvm_gmem_charge_pages(struct inode *inode, struct page *page,
+			  unsigned long nr);
 struct page *kvm_gmem_alloc_pages(struct inode *inode, pgoff_t index,
 				  unsigned int order);
 void kvm_gmem_free_pages(struct page *page, unsigned long nr);

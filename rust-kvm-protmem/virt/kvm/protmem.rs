@@ -17,7 +17,9 @@
 //! A 2 MiB block whose pages have all left the page cache is kept off the direct map, up to a
 //! limit, in a [`Cache`] shared by all guest_memfds: it is taken back from the LRU and the memory
 //! cgroup, zeroed through a temporary mapping, and reused for the next 2 MiB range of any
-//! guest_memfd without a removal, a TLB flush or an allocation. Under memory pressure a shrinker
+//! guest_memfd without a removal, a TLB flush or an allocation. Pages are charged to the memory
+//! cgroup before they are removed or taken from the cache: a cgroup at its limit refuses memory
+//! before it costs a removal or a flush. Under memory pressure a shrinker
 //! lets the cached blocks go, and a worker maps them again and frees them.
 //!
 //! This file is linked into kvm.ko next to `guest_memfd.c`, which calls the functions below; both
@@ -26,7 +28,7 @@
 //!
 //! See `Documentation/virt/kvm/protected-memory.rst`.
 
-use core::{pin::Pin, ptr::NonNull};
+use core::{mem::MaybeUninit, pin::Pin, ptr::NonNull};
 use kernel::{
     alloc::KVVec,
     bindings,
@@ -56,16 +58,19 @@ const MAX_BUSY: u8 = 8;
 /// # Invariants
 ///
 /// `first` is the first of `nr` physically contiguous order-0 pages, 1 or [`BLOCK_PAGES`],
-/// zeroed when they were allocated; this value holds one reference to each of them.
+/// zeroed (and charged, see `kvm_gmem_charge_pages()`) when they were allocated; this value holds
+/// one reference to each of them.
 struct Pages {
     first: NonNull<bindings::page>,
     nr: usize,
 }
 
 impl Pages {
-    /// Allocates `1 << order` zeroed pages for the range of `inode` that starts at `index`.
+    /// Allocates `1 << order` zeroed pages for the range of `inode` that starts at `index`, charged
+    /// to the memory cgroup that its page cache charges.
     ///
-    /// Returns `None` when the memory cannot be had (without retrying hard for a 2 MiB block).
+    /// Returns `None` when the memory cannot be had or charged (without retrying hard for a 2 MiB
+    /// block).
     ///
     /// # Safety
     ///
@@ -86,7 +91,9 @@ impl Pages {
 impl Drop for Pages {
     fn drop(&mut self) {
         // SAFETY: By the type invariant this value holds a reference to each of the pages; they
-        // are mapped again (a `Pages` is dropped removed only by `Removed`, which maps it first).
+        // are mapped again (a `Pages` is dropped removed only by `Removed`, which maps it first),
+        // but for pages with hardware poison and rarely pages next to them, which
+        // `kvm_gmem_free_pages()` does not touch.
         unsafe { bindings::kvm_gmem_free_pages(self.first.as_ptr(), self.nr) };
     }
 }
@@ -99,7 +106,8 @@ unsafe impl Sync for Pages {}
 
 // SAFETY: By the type invariant the pages are physically contiguous and this value holds a
 // reference to each of them until it is dropped; guest_memfd changes their direct mapping only
-// through the `Removed` that owns them, and frees them only through `Pages::drop`.
+// through the `Removed` that owns them. `Pages::drop` (`kvm_gmem_free_pages()`) drops the
+// references, touching no page out of the direct map and keeping those that are not poisoned.
 unsafe impl DirectMapPages for Pages {
     fn first_page(&self) -> *mut bindings::page {
         self.first.as_ptr()
@@ -279,7 +287,8 @@ struct Cache {
 struct Lists {
     /// Blocks whose pages have all left the page cache.
     released: Stack,
-    /// 2 MiB blocks, zeroed, off the direct map, for reuse.
+    /// 2 MiB blocks, zeroed, off the direct map and flushed, for reuse. Invariant: their pages are
+    /// charged to no memory cgroup and on no LRU list ([`Removed::reuse`] took them back).
     ready: Stack,
     /// Blocks to map again and free: ready blocks the shrinker or a lower limit let go.
     doomed: Stack,
@@ -380,8 +389,15 @@ impl Cache {
 
     /// Keeps a block that no page of entered the page cache, and so is still zeroed, removed and
     /// flushed, if it is a 2 MiB block and there is room; gives it back otherwise.
-    fn keep_unused(&self, node: KBox<Node>) -> Option<KBox<Node>> {
+    ///
+    /// Process context; may sleep.
+    fn keep_unused(&self, mut node: KBox<Node>) -> Option<KBox<Node>> {
         if node.removed.nr_pages() != BLOCK_PAGES {
+            return Some(node);
+        }
+        // A ready block belongs to no memory cgroup: uncharged here, as it would be if freed. Its
+        // pages were never on an LRU list, so nobody else holds them.
+        if node.removed.reuse().is_err() {
             return Some(node);
         }
         let mut lists = self.lists.lock();
@@ -711,6 +727,10 @@ pub unsafe extern "C" fn kvm_protmem_cache_drain(cache: *mut bindings::kvm_protm
 /// (and no mbind() policy applies); other indices, and any index when no 2 MiB block can be had,
 /// get a page of their own.
 ///
+/// Every page of the request is allocated and charged to the memory cgroup, or taken from the
+/// [`Cache`] and charged, before any is removed: a request that the cgroup refuses (`-ENOMEM`, or
+/// its OOM killer) costs no removal and no TLB flush.
+///
 /// All or nothing for the direct map: everything is removed, with one TLB flush for the whole
 /// request, before any of it enters the page cache. If a removal fails, nothing is added and the
 /// error (`-ENOMEM` when a large mapping could not be split) is returned. A page that loses a race
@@ -754,26 +774,75 @@ unsafe fn has_page(inode: *mut bindings::inode, start: usize, end: usize) -> boo
     unsafe { bindings::kvm_gmem_has_folio(inode, start, end) }
 }
 
-/// Allocates and removes (without flushing) the block for `index`; see [`kvm_protmem_populate`].
+/// Charges the pages of `removed`, taken from the [`Cache`], to the memory cgroup that the page
+/// cache of `inode` charges, as newly allocated pages are charged: before anything else is done
+/// with them.
+///
+/// On error the pages charged before the one that failed stay charged, until
+/// [`Cache::keep_unused`] or freeing them uncharges them.
+///
+/// # Safety
+///
+/// `inode` must be a live guest_memfd inode, and none of the pages may be charged (a page is
+/// charged only once).
+unsafe fn charge(inode: *mut bindings::inode, removed: &Removed<Pages>) -> Result {
+    // SAFETY: `inode` is a live guest_memfd inode and the pages are not charged, by the safety
+    // requirements; `removed` holds a reference to each of its pages, which are in no page cache.
+    to_result(unsafe {
+        bindings::kvm_gmem_charge_pages(inode, removed.first_page(), removed.nr_pages())
+    })
+}
+
+/// A block that a request will add: charged, and still in the direct map unless it came from the
+/// [`Cache`]. See [`kvm_protmem_populate`].
+enum Plan {
+    /// From the [`Cache`]: zeroed, removed and flushed already.
+    Cached(KBox<Node>),
+    /// Newly allocated and zeroed, in the direct map; with the room for its node.
+    New(Pages, KBox<MaybeUninit<Node>>),
+}
+
+impl Plan {
+    fn nr_pages(&self) -> usize {
+        match self {
+            Plan::Cached(node) => node.removed.nr_pages(),
+            Plan::New(pages, _) => pages.nr,
+        }
+    }
+
+    /// Gives up a block that was not removed: back to the [`Cache`], or freed (which uncharges it).
+    fn give_back(self, cache: &Cache) {
+        if let Plan::Cached(node) = self {
+            drop(cache.keep_unused(node));
+        }
+    }
+}
+
+/// A [`Plan`] for the pages of a request from `first`, with the room for its [`Block`].
+struct Planned {
+    first: usize,
+    plan: Plan,
+    block: UniqueArc<MaybeUninit<Block>>,
+}
+
+/// Allocates and charges the block for `index`, or takes one from the [`Cache`] and charges it;
+/// see [`kvm_protmem_populate`]. Nothing is removed here.
 ///
 /// Indices below `planned` already have pages planned by this request, which are not in the page
 /// cache yet: a 2 MiB block must not cover them.
 ///
-/// Returns the block, the index of its first page, and whether it came from the [`Cache`].
-///
 /// # Safety
 ///
 /// As for [`kvm_protmem_populate`].
-unsafe fn new_block(
+unsafe fn plan_block(
     pm: ArcBorrow<'_, Protmem>,
     inode: *mut bindings::inode,
-    batch: &mut Batch,
     index: usize,
     planned: usize,
     size: usize,
     blocks: bool,
-) -> Result<(usize, Arc<Block>, bool)> {
-    // Room first: removed pages must not be dropped uncounted.
+) -> Result<Planned> {
+    // Room first, before anything is charged.
     let block = UniqueArc::new_uninit(GFP_KERNEL_ACCOUNT)?;
     let base = index & !(BLOCK_PAGES - 1);
     let whole = blocks
@@ -782,12 +851,26 @@ unsafe fn new_block(
         // SAFETY: `inode` is a live guest_memfd inode.
         && !unsafe { has_page(inode, base, base + BLOCK_PAGES) };
     // SAFETY: `inode` is a live guest_memfd inode.
-    let cached = (whole && !unsafe { bindings::kvm_gmem_has_policy(inode, base) })
+    let mut whole = whole && !unsafe { bindings::kvm_gmem_has_policy(inode, base) };
+    let cached = whole
         .then(|| pm.cache.take())
-        .flatten();
+        .flatten()
+        // Poisoned while it was cached: mapped again and freed, but for the poisoned pages.
+        .filter(|node| !node.removed.has_hwpoison())
+        // SAFETY: `inode` is a live guest_memfd inode; a ready block is not charged.
+        .and_then(|node| match unsafe { charge(inode, &node.removed) } {
+            Ok(()) => Some(node),
+            // The cgroup has no room for it: back to the cache, uncharged, or mapped again and
+            // freed. A new block would not be charged either: single pages may.
+            Err(_) => {
+                drop(pm.cache.keep_unused(node));
+                whole = false;
+                None
+            }
+        });
 
-    let (first, node, reused) = if let Some(node) = cached {
-        (base, node, true)
+    let (first, plan) = if let Some(node) = cached {
+        (base, Plan::Cached(node))
     } else {
         // The node too: the pages must be queued without an allocation when they are freed.
         let node = KBox::<Node>::new_uninit(GFP_KERNEL_ACCOUNT)?;
@@ -798,23 +881,64 @@ unsafe fn new_block(
             _ => unsafe { Pages::alloc(inode, index, 0) }.ok_or(ENOMEM)?,
         };
         let first = if pages.nr == BLOCK_PAGES { base } else { index };
-        let removed = batch.remove(pages)?;
-        (
-            first,
-            node.write(Node {
-                removed,
-                next: None,
-                busy: 0,
-            }),
-            false,
-        )
+        (first, Plan::New(pages, node))
     };
-    let block = block.write(Block {
-        node: Some(node),
-        pm: pm.into(),
-    });
 
-    Ok((first, block.into(), reused))
+    Ok(Planned { first, plan, block })
+}
+
+/// Plans the blocks for `start..end`; see [`kvm_protmem_populate`]. On error every block planned
+/// is given back, and nothing was removed.
+///
+/// # Safety
+///
+/// As for [`kvm_protmem_populate`].
+unsafe fn plan(
+    pm: ArcBorrow<'_, Protmem>,
+    inode: *mut bindings::inode,
+    start: usize,
+    end: usize,
+    size: usize,
+    blocks: bool,
+) -> Result<KVVec<Planned>> {
+    let mut plans: KVVec<Planned> = KVVec::new();
+
+    let planned = (|| -> Result {
+        let mut index = start;
+        let mut planned = 0;
+
+        while index < end {
+            if current!().signal_pending() {
+                return Err(EINTR);
+            }
+            // SAFETY: `inode` is a live guest_memfd inode.
+            if unsafe { has_page(inode, index, index + 1) } {
+                index += 1;
+                continue;
+            }
+            plans.reserve(1, GFP_KERNEL_ACCOUNT)?;
+            // SAFETY: As for this function.
+            let p = unsafe { plan_block(pm, inode, index, planned, size, blocks) }?;
+            index = p.first + p.plan.nr_pages();
+            planned = index;
+            if let Err(e) = plans.push_within_capacity(p) {
+                // Cannot happen: there is room for one more.
+                e.0.plan.give_back(&pm.cache);
+                return Err(ENOMEM);
+            }
+        }
+        Ok(())
+    })();
+
+    match planned {
+        Ok(()) => Ok(plans),
+        Err(e) => {
+            for p in plans {
+                p.plan.give_back(&pm.cache);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// See [`kvm_protmem_populate`].
@@ -830,39 +954,56 @@ unsafe fn populate(
     size: usize,
     blocks: bool,
 ) -> Result {
-    let mut new: KVVec<(usize, Arc<Block>)> = KVVec::new();
+    // SAFETY: As for this function.
+    let plans = unsafe { plan(pm, inode, start, end, size, blocks) }?;
+    let mut new: KVVec<(usize, Arc<Block>)> =
+        match KVVec::with_capacity(plans.len(), GFP_KERNEL_ACCOUNT) {
+            Ok(new) => new,
+            Err(e) => {
+                for p in plans {
+                    p.plan.give_back(&pm.cache);
+                }
+                return Err(e.into());
+            }
+        };
     let mut batch = Batch::new();
     let mut reused = 0;
+    let mut removed = Ok(());
 
-    let removed = (|| -> Result {
-        let mut index = start;
-        let mut planned = 0;
-
-        while index < end {
-            if current!().signal_pending() {
-                return Err(EINTR);
+    let mut plans = plans.into_iter();
+    for p in &mut plans {
+        let node = match p.plan {
+            Plan::Cached(node) => {
+                reused += node.removed.nr_pages();
+                node
             }
-            // SAFETY: `inode` is a live guest_memfd inode.
-            if unsafe { has_page(inode, index, index + 1) } {
-                index += 1;
-                continue;
-            }
-            new.reserve(1, GFP_KERNEL)?;
-            // SAFETY: As for this function.
-            let (first, block, cached) =
-                unsafe { new_block(pm, inode, &mut batch, index, planned, size, blocks) }?;
-            if cached {
-                reused += block.nr_pages();
-            }
-            index = first + block.nr_pages();
-            planned = index;
-            if new.push_within_capacity((first, block)).is_err() {
-                // Cannot happen: there is room for one more, and the block is restored if so.
-                return Err(ENOMEM);
-            }
+            Plan::New(pages, node) => match batch.remove(pages) {
+                Ok(removed) => node.write(Node {
+                    removed,
+                    next: None,
+                    busy: 0,
+                }),
+                // The pages were not removed, and are freed.
+                Err(e) => {
+                    removed = Err(e);
+                    break;
+                }
+            },
+        };
+        let block = p.block.write(Block {
+            node: Some(node),
+            pm: pm.into(),
+        });
+        if new.push_within_capacity((p.first, block.into())).is_err() {
+            // Cannot happen: there is room for every plan.
+            removed = Err(ENOMEM);
+            break;
         }
-        Ok(())
-    })();
+    }
+    // After a failed removal: not removed, given back.
+    for p in plans {
+        p.plan.give_back(&pm.cache);
+    }
 
     // One TLB flush for everything removed above, before any of it can be reached.
     let (nr, splits) = (batch.nr_pages(), batch.nr_splits());

@@ -9,7 +9,8 @@
 //! [`Removed`] owns pages while they are off the direct map. The only ways to get the pages back
 //! are [`Removed::restore`] and dropping the [`Removed`], and both map the pages again first, so
 //! pages cannot be freed while they are removed, and pages that were not removed cannot be
-//! restored. [`Batch`] removes several ranges for the price of one TLB flush.
+//! restored. A page with hardware poison is never mapped again: [`Removed::restore`] then gives
+//! nothing back. [`Batch`] removes several ranges for the price of one TLB flush.
 //!
 //! Removal can fail with [`ENOMEM`] (a large mapping had to be split and the split could not
 //! allocate) or [`EOPNOTSUPP`] (this kernel cannot change its direct map); then nothing was
@@ -31,11 +32,21 @@ use core::mem::{ManuallyDrop, MaybeUninit};
 ///
 /// # Safety
 ///
-/// Implementers guarantee that, for as long as the value exists, [`first_page`] points to the
-/// first of [`nr_pages`] (at least one) physically contiguous pages, that the value owns them
-/// (nobody else frees them or changes their direct mapping), that both methods always return the
-/// same values, and that the pages are freed only when the value is dropped. (Pages that are not
-/// in the direct map, i.e. highmem, are refused by the removal with `EINVAL`.)
+/// Implementers guarantee that, for as long as the value exists:
+///
+/// - [`first_page`] points to the first of [`nr_pages`] (at least one) physically contiguous
+///   pages, and both methods always return the same values;
+/// - the value holds a reference to each of the pages, which it drops only when it is dropped, so
+///   that no page is freed before that (others may hold references too, e.g. a page cache);
+/// - nobody changes the direct mapping of the pages but through the [`Removed`] that owns the
+///   value, except the kernel's handling of hardware poison, which may unmap a poisoned page;
+/// - dropping the value does not touch (read, write or zero) a page that
+///   `direct_map_page_present()` says is out of the direct map, and drops its reference to such
+///   a page only if the page has hardware poison (the page allocator never hands a poisoned page
+///   out again); it keeps the others, out of use for good. After [`Removed`] maps the pages
+///   again, only a poisoned page, or rarely a page next to one, can be out of the direct map.
+///
+/// (Pages that are not in the direct map, i.e. highmem, are refused by the removal with `EINVAL`.)
 ///
 /// [`first_page`]: DirectMapPages::first_page
 /// [`nr_pages`]: DirectMapPages::nr_pages
@@ -47,7 +58,9 @@ pub unsafe trait DirectMapPages {
     fn nr_pages(&self) -> usize;
 }
 
-// SAFETY: A `Page` owns one order-0 page, which it frees only when dropped.
+// SAFETY: A `Page` holds a reference to one order-0 page, which it drops only when dropped, without
+// touching the page. A single page is out of the direct map after a restore only if it has
+// hardware poison, and then freeing it is what the contract asks.
 unsafe impl DirectMapPages for Page {
     fn first_page(&self) -> *mut bindings::page {
         self.as_ptr()
@@ -84,8 +97,8 @@ unsafe impl DirectMapPages for Page {
 /// assert_eq!(removed.nr_pages(), 1);
 ///
 /// // Map the page again and get it back; dropping `removed` would do the same, then free it.
-/// let page: Page = removed.restore();
-/// # drop(page);
+/// let page: Option<Page> = removed.restore();
+/// assert!(page.is_some());
 /// # Ok::<(), Error>(())
 /// ```
 pub struct Removed<P: DirectMapPages> {
@@ -125,16 +138,18 @@ impl<P: DirectMapPages> Removed<P> {
     /// mapping them again.
     ///
     /// Each page is taken off its LRU list and uncharged from its memory cgroup, as freeing it
-    /// would, and can then be added to a page cache like a newly allocated page. Pages that never
-    /// were in a page cache are left as they are.
+    /// would, and can then be added to a page cache like a newly allocated page. A page on no LRU
+    /// list is only uncharged, if it is charged.
     ///
-    /// Fails with [`EBUSY`] if somebody else still holds a reference to a page (the page cache
-    /// holds one for a moment after `->free_folio()`), and with [`EINVAL`] for a page of a large
-    /// folio or one still in a page cache. On error the pages may be dropped (mapped again and
-    /// freed), or taken back again later.
+    /// Fails with [`EHWPOISON`] if a page has hardware poison (the pages must not be reused), with
+    /// [`EBUSY`] if somebody else still holds a reference to a page (the page cache holds one for
+    /// a moment after `->free_folio()`), and with [`EINVAL`] for a page of a large folio or one
+    /// still in a page cache. On error the pages may be dropped (mapped again and freed), or taken
+    /// back again later.
     ///
     /// Might sleep.
     ///
+    /// [`EHWPOISON`]: crate::error::code::EHWPOISON
     /// [`EBUSY`]: crate::error::code::EBUSY
     /// [`EINVAL`]: crate::error::code::EINVAL
     pub fn reuse(&mut self) -> Result {
@@ -146,15 +161,29 @@ impl<P: DirectMapPages> Removed<P> {
         })
     }
 
+    /// Returns whether any of the pages has hardware poison: then they must be neither zeroed nor
+    /// reused, only dropped (see [`DirectMapPages`]).
+    pub fn has_hwpoison(&self) -> bool {
+        // SAFETY: By the type invariant and the `DirectMapPages` contract, `self` holds a reference
+        // to each of the pages, so their `struct page`s are valid.
+        unsafe { bindings::direct_map_has_hwpoison(self.pages.first_page(), self.pages.nr_pages()) }
+    }
+
     /// Maps the pages again and gives them back.
     ///
+    /// Returns `None` if a page has hardware poison: it stays out of the direct map, and the
+    /// pages are dropped instead (see [`DirectMapPages`]), as the caller could touch them.
+    ///
     /// Might sleep.
-    pub fn restore(self) -> P {
+    pub fn restore(self) -> Option<P> {
+        if self.has_hwpoison() {
+            return None;
+        }
         let mut this = ManuallyDrop::new(self);
 
         this.restore_mapping();
         // SAFETY: `this` is not dropped and not used after this, so `pages` is taken only once.
-        unsafe { ManuallyDrop::take(&mut this.pages) }
+        Some(unsafe { ManuallyDrop::take(&mut this.pages) })
     }
 
     fn restore_mapping(&self) {
@@ -167,7 +196,8 @@ impl<P: DirectMapPages> Drop for Removed<P> {
     fn drop(&mut self) {
         self.restore_mapping();
         // SAFETY: `drop` runs once and `pages` is not used after this; the pages are mapped again,
-        // so they may be freed.
+        // but for poisoned ones (and rarely pages next to them), which the `DirectMapPages`
+        // contract tells the drop not to touch.
         unsafe { ManuallyDrop::drop(&mut self.pages) };
     }
 }
@@ -299,8 +329,10 @@ mod tests {
     /// it after the [`Removed`] is gone.
     struct Lent(*mut bindings::page);
 
-    // SAFETY: The tests keep the page allocated for longer than any `Lent` of it, and neither
-    // free it nor change its direct mapping while it is lent.
+    // SAFETY: A `Lent` borrows the reference of the test's `Page` instead of holding one: the
+    // tests keep that `Page` for longer than any `Lent` of it, and neither free the page nor change
+    // its direct mapping while it is lent. Dropping a `Lent` touches nothing, and the test pages
+    // have no hardware poison.
     unsafe impl DirectMapPages for Lent {
         fn first_page(&self) -> *mut bindings::page {
             self.0
@@ -333,7 +365,7 @@ mod tests {
         assert!(readable(&page));
         let removed = Removed::new(Lent(page.as_ptr()))?;
         assert!(!readable(&page));
-        let lent = removed.restore();
+        let lent = removed.restore().ok_or(EIO)?;
         assert_eq!(lent.0, page.as_ptr());
         assert!(readable(&page));
         Ok(())

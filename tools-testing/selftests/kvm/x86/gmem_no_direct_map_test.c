@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,9 +25,11 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <linux/elf.h>
 #include <linux/falloc.h>
+#include <linux/kernel-page-flags.h>
 #include <linux/kvm_para.h>
 #include <linux/sizes.h>
 #include <asm/kvm_para.h>
@@ -48,6 +51,8 @@
 #define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
 #define CACHE_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_cache"
 #define BLOCK_PAGES	(SZ_2M / PAGE_SIZE)
+#define CG_ROOT		"/sys/fs/cgroup"
+#define CG_TEST		CG_ROOT "/gmem_no_direct_map_test"
 
 /*
  * Each test that writes a secret picks a new one: memory freed by an earlier
@@ -612,6 +617,8 @@ FIXTURE_TEARDOWN_PARENT(block_cache)
 		write_int(HVO, self->hvo);
 	if (!access(CACHE_PARAM, W_OK))
 		block_cache(self->cache);
+	/* Left by a test that failed in it; gone once its tasks are. */
+	rmdir(CG_TEST);
 }
 
 /*
@@ -847,9 +854,6 @@ TEST_F_TIMEOUT(block_cache, shrinker_under_kswapd, 300)
 	ASSERT_NE(lockdep_debug_locks(), 0) TH_LOG("lockdep reported a problem");
 }
 
-#define CG_ROOT		"/sys/fs/cgroup"
-#define CG_TEST		CG_ROOT "/gmem_no_direct_map_test"
-
 static u64 memory_current(void)
 {
 	char buf[32] = {};
@@ -871,6 +875,68 @@ static void move_to_cgroup(const char *cg)
 }
 
 /*
+ * Make a memory cgroup for the test, with no limit.  Return false if there
+ * is no cgroup2 hierarchy at CG_ROOT and something else is there (a host
+ * with cgroup v1): the test does not mount over it; or if the memory
+ * controller cannot be enabled below the root.
+ */
+static bool make_test_cgroup(void)
+{
+	struct stat root, parent;
+	bool ok;
+	int fd;
+
+	if (access(CG_ROOT "/cgroup.controllers", R_OK)) {
+		TEST_ASSERT(!stat(CG_ROOT, &root) && !stat(CG_ROOT "/..", &parent),
+			    "stat " CG_ROOT);
+		if (root.st_dev != parent.st_dev)
+			return false;
+		TEST_ASSERT(!mount("none", CG_ROOT, "cgroup2", 0, NULL),
+			    "mount cgroup2");
+	}
+	/* Refused where the root cgroup has tasks of its own (a container). */
+	fd = open(CG_ROOT "/cgroup.subtree_control", O_WRONLY);
+	TEST_ASSERT(fd >= 0, "open " CG_ROOT "/cgroup.subtree_control");
+	ok = write(fd, "+memory", 7) == 7;
+	close(fd);
+	if (!ok)
+		return false;
+	TEST_ASSERT(!mkdir(CG_TEST, 0755) || errno == EEXIST, "mkdir " CG_TEST);
+	write_file(CG_TEST "/memory.max", "max");
+	return true;
+}
+
+/* Move the test into a memory cgroup of its own, with no limit. */
+static bool enter_test_cgroup(void)
+{
+	if (!make_test_cgroup())
+		return false;
+	move_to_cgroup(CG_TEST);
+	return true;
+}
+
+/* The value of @key in the flat-keyed cgroup file @path. */
+static long cgroup_key(const char *path, const char *key)
+{
+	char line[128];
+	long val = -1;
+	FILE *f = fopen(path, "r");
+
+	TEST_ASSERT(f, "open %s", path);
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)) && line[strlen(key)] == ' ')
+			val = atol(line + strlen(key) + 1);
+	fclose(f);
+	return val;
+}
+
+static void leave_test_cgroup(void)
+{
+	move_to_cgroup(CG_ROOT);
+	rmdir(CG_TEST);
+}
+
+/*
  * Memory outside the direct map is charged to the memory cgroup of the task
  * that allocates it, uncharged when it leaves the guest_memfd (also into the
  * block cache), and charged again when it comes back from the cache.
@@ -882,11 +948,8 @@ TEST_F(block_cache, memcg_charges_the_vm)
 	u64 c0, c, stock;
 	int gmem;
 
-	if (access(CG_ROOT "/cgroup.controllers", R_OK))
-		ASSERT_EQ(mount("none", CG_ROOT, "cgroup2", 0, NULL), 0);
-	write_file(CG_ROOT "/cgroup.subtree_control", "+memory");
-	ASSERT_TRUE(!mkdir(CG_TEST, 0755) || errno == EEXIST);
-	move_to_cgroup(CG_TEST);
+	if (!enter_test_cgroup())
+		SKIP(return, "no cgroup2 at " CG_ROOT);
 	block_cache(DATA_PAGES / BLOCK_PAGES);
 
 	/*
@@ -915,7 +978,316 @@ TEST_F(block_cache, memcg_charges_the_vm)
 
 	close(gmem);
 	kvm_vm_free(vm);
-	move_to_cgroup(CG_ROOT);
+	leave_test_cgroup();
+}
+
+/*
+ * Add @len bytes at @offset to @gmem from a child process in CG_TEST, so that
+ * they are charged there.  The child faults in, before it enters the cgroup,
+ * all it writes there: the cgroup is charged only for the guest_memfd.
+ * Return 0 if they were added; else the child's errno (ENOMEM), or minus the
+ * signal that killed it (the cgroup's OOM killer).
+ */
+static int fallocate_in_cgroup(int gmem, u64 offset, u64 len)
+{
+	int fd, status;
+	pid_t child;
+
+	fd = open(CG_TEST "/cgroup.procs", O_WRONLY);
+	TEST_ASSERT(fd >= 0, "open " CG_TEST "/cgroup.procs");
+	child = fork();
+	TEST_ASSERT(child >= 0, "fork");
+	if (!child) {
+		char stack[SZ_64K], pid[16];
+		int n, r;
+
+		memset(stack, 0, sizeof(stack));
+		/* Keep the stores: they fault the stack in. */
+		asm volatile("" : : "r"(stack) : "memory");
+		n = snprintf(pid, sizeof(pid), "%d", getpid());
+		errno = 0;
+		if (write(fd, pid, n) != n)
+			_exit(255);
+		r = fallocate(gmem, FALLOC_FL_KEEP_SIZE, offset, len);
+		_exit(r ? errno : 0);
+	}
+	close(fd);
+	TEST_ASSERT(waitpid(child, &status, 0) == child, "waitpid");
+	return WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+/*
+ * Ask for the 2 MiB block at @offset from a memory cgroup with room for less
+ * than that, and check that the refusal (ENOMEM, or the OOM killer) cost no
+ * removal from the direct map, no TLB flush and no cached block.
+ */
+static void refused_for_free(struct __test_metadata *_metadata,
+			     struct kvm_vm *vm, int gmem, u64 offset)
+{
+	u64 removals = vm_get_stat(vm, direct_map_removals);
+	u64 flushes = vm_get_stat(vm, direct_map_flushes);
+	u64 reused = vm_get_stat(vm, direct_map_reused);
+	int r = fallocate_in_cgroup(gmem, offset, SZ_2M);
+
+	EXPECT_TRUE(r == ENOMEM || r == -SIGKILL) TH_LOG("child: %d", r);
+	EXPECT_EQ(vm_get_stat(vm, direct_map_removals) - removals, 0);
+	EXPECT_EQ(vm_get_stat(vm, direct_map_flushes) - flushes, 0);
+	EXPECT_EQ(vm_get_stat(vm, direct_map_reused) - reused, 0);
+}
+
+/*
+ * A memory cgroup at its limit refuses memory before it is removed from the
+ * direct map: a request is charged whole before any of it is removed, so
+ * that a refused request costs no removal, no TLB flush (IPIs to every CPU)
+ * and no cached block.  The requests come from children in a cgroup with
+ * room for 300 pages; its OOM killer kills them, as it would kill a VMM.
+ */
+TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
+{
+	u64 restores0, removed, restored0, stock;
+	struct kvm_vcpu *vcpu;
+	long max_events;
+	struct kvm_vm *vm;
+	int gmem, i;
+
+	/* A memcg OOM panics the host with panic_on_oom=2. */
+	if (read_int("/proc/sys/vm/panic_on_oom") == 2)
+		SKIP(return, "vm.panic_on_oom is 2");
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+
+	/* One free block in the cache, for the first 2 MiB of the file. */
+	block_cache(1);
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, SZ_2M), 0);
+	restored0 = get_vmstat("direct_map_restored");
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			    0, SZ_2M), 0);
+	if (get_vmstat("direct_map_restored") != restored0)
+		SKIP(goto out, "no 2 MiB block could be had");
+	restores0 = vm_get_stat(vm, direct_map_restores);
+
+	if (!make_test_cgroup())
+		SKIP(goto out, "no cgroup2 memory controller at " CG_ROOT);
+	/* Room for more than a charge batch (64 pages), not for a block. */
+	write_int(CG_TEST "/memory.max", 300 * PAGE_SIZE);
+	max_events = cgroup_key(CG_TEST "/memory.events", "max");
+	/* The block in the cache is charged, refused and kept. */
+	for (i = 0; i < 4; i++)
+		refused_for_free(_metadata, vm, gmem, 0);
+	write_file(CG_TEST "/memory.max", "max");
+	ASSERT_EQ(fallocate_in_cgroup(gmem, 0, SZ_2M), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), BLOCK_PAGES);
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			    0, SZ_2M), 0);
+
+	/* A new block, with the cache empty. */
+	block_cache(0);
+	write_int(CG_TEST "/memory.max", 300 * PAGE_SIZE);
+	for (i = 0; i < 4; i++)
+		refused_for_free(_metadata, vm, gmem, SZ_2M);
+
+	/* Each request got to the limit; none left a charge behind. */
+	ASSERT_GE(cgroup_key(CG_TEST "/memory.events", "max") - max_events, 8);
+	stock = 64 * PAGE_SIZE * sysconf(_SC_NPROCESSORS_ONLN);
+	if (stock < 300 * PAGE_SIZE) {
+		ASSERT_LT(memory_current(), stock);
+	} else {
+		TH_LOG("%ld CPUs: per-CPU charge stock hides a leaked charge",
+		       sysconf(_SC_NPROCESSORS_ONLN));
+	}
+
+	/* Nothing got in; what left the file was counted once. */
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_restores), restores0 + BLOCK_PAGES);
+
+out:
+	close(gmem);
+	kvm_vm_free(vm);
+	rmdir(CG_TEST);
+	block_cache(0);
+	removed = get_vmstat("direct_map_removed") - self->removed0;
+	ASSERT_EQ(wait_vmstat("direct_map_restored", self->restored0 + removed,
+			      30) - self->restored0, removed);
+}
+
+#define HWPOISON_PFN	"/sys/kernel/debug/hwpoison/corrupt-pfn"
+#define NODES		"/sys/devices/system/node/"
+#define HWPOISON_OPT_IN	"GMEM_NO_DIRECT_MAP_TEST_HWPOISON"
+
+/*
+ * Find the pages of guest_memfds charged to CG_TEST, from /proc/kpagecgroup
+ * and /proc/kpageflags: the children of fallocate_in_cgroup() charge it
+ * nothing else that is not a kernel object.  Poisoned pages are left out.
+ * Store up to @max of their pfns, in order, and return how many there are.
+ */
+static int cgroup_gmem_pfns(u64 *pfns, int max)
+{
+	u64 *ino = malloc(SZ_1M), flags, pfn, i, got;
+	struct stat st;
+	int cg, fl, n = 0;
+	ssize_t r;
+
+	TEST_ASSERT(ino, "malloc");
+	TEST_ASSERT(!stat(CG_TEST, &st), "stat " CG_TEST);
+	cg = open("/proc/kpagecgroup", O_RDONLY);
+	fl = open("/proc/kpageflags", O_RDONLY);
+	TEST_ASSERT(cg >= 0 && fl >= 0, "open /proc/kpagecgroup, /proc/kpageflags");
+	for (pfn = 0;; pfn += got) {
+		r = pread(cg, ino, SZ_1M, pfn * sizeof(u64));
+		if (r <= 0)
+			break;
+		got = r / sizeof(u64);
+		for (i = 0; i < got; i++) {
+			if (ino[i] != st.st_ino)
+				continue;
+			TEST_ASSERT(pread(fl, &flags, sizeof(flags),
+					  (pfn + i) * sizeof(u64)) == sizeof(flags),
+				    "read /proc/kpageflags");
+			if (flags & (1ULL << KPF_HWPOISON | 1ULL << KPF_SLAB |
+				     1ULL << KPF_ANON | 1ULL << KPF_PGTABLE))
+				continue;
+			if (n < max)
+				pfns[n] = pfn + i;
+			n++;
+		}
+	}
+	close(cg);
+	close(fl);
+	free(ino);
+	return n;
+}
+
+static bool page_poisoned(u64 pfn)
+{
+	u64 flags;
+	int fd = open("/proc/kpageflags", O_RDONLY);
+
+	TEST_ASSERT(fd >= 0, "open /proc/kpageflags");
+	TEST_ASSERT(pread(fd, &flags, sizeof(flags), pfn * sizeof(flags)) ==
+		    sizeof(flags), "read /proc/kpageflags");
+	close(fd);
+	return flags & (1ULL << KPF_HWPOISON);
+}
+
+static const char * const mf_results[] = {
+	"ignored", "failed", "delayed", "recovered",
+};
+
+/*
+ * Sum the memory_failure counter @name over all nodes; -1 if no node has
+ * it.
+ */
+static long mf_count(const char *name)
+{
+	char path[128];
+	long sum = -1;
+	int node;
+
+	for (node = 0; node < 1024; node++) {
+		snprintf(path, sizeof(path), NODES "node%d/memory_failure/%s",
+			 node, name);
+		if (!access(path, R_OK))
+			sum = (sum < 0 ? 0 : sum) + read_int(path);
+	}
+	return sum;
+}
+
+/*
+ * Poison @pfn with memory_failure() (hwpoison/corrupt-pfn) and return how it
+ * ended, as the nodes' memory_failure counters count it.
+ */
+static const char *poison(u64 pfn)
+{
+	long before[ARRAY_SIZE(mf_results)];
+	const char *result = "none";
+	int i, fd, len;
+	char buf[32];
+
+	for (i = 0; i < ARRAY_SIZE(mf_results); i++)
+		before[i] = mf_count(mf_results[i]);
+	fd = open(HWPOISON_PFN, O_WRONLY);
+	TEST_ASSERT(fd >= 0, "open " HWPOISON_PFN);
+	len = snprintf(buf, sizeof(buf), "%llu", (unsigned long long)pfn);
+	/* memory_failure()'s error, if it fails, is the write's: ignored. */
+	(void)!write(fd, buf, len);
+	close(fd);
+	TEST_ASSERT(page_poisoned(pfn), "pfn %#llx not poisoned",
+		    (unsigned long long)pfn);
+	for (i = 0; i < ARRAY_SIZE(mf_results); i++)
+		if (mf_count(mf_results[i]) != before[i])
+			result = mf_results[i];
+	return result;
+}
+
+/*
+ * Hardware poison in a page out of the direct map (memory_failure(), as
+ * hwpoison/corrupt-pfn simulates it): it ends as it does in plain
+ * guest_memfd, and once the page leaves the file the poisoned page is
+ * never mapped again, zeroed or cached, while the rest of its 2 MiB block
+ * is mapped again and freed.  On a real machine check, touching the page
+ * again would be fatal; here the test counts what the direct map did.
+ *
+ * It poisons two pages of the host for good (they stay out of use, and out
+ * of the direct map, which also refuses hibernation until the next boot):
+ * it runs only when the environment variable GMEM_NO_DIRECT_MAP_TEST_HWPOISON
+ * is 1.
+ */
+TEST_F_TIMEOUT(block_cache, hwpoison, 120)
+{
+	u64 pfns[BLOCK_PAGES], pfn, restored0, restored;
+	const char *plain_result, *result, *opt_in;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, plain;
+
+	opt_in = getenv(HWPOISON_OPT_IN);
+	if (!opt_in || strcmp(opt_in, "1"))
+		SKIP(return, "poisons host pages for good: set " HWPOISON_OPT_IN "=1");
+	if (access(HWPOISON_PFN, W_OK) || access("/proc/kpagecgroup", R_OK) ||
+	    mf_count("total") < 0)
+		SKIP(return, "no %s, kpagecgroup or memory_failure counters",
+		     HWPOISON_PFN);
+
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	plain = vm_create_guest_memfd(vm, DATA_SIZE, 0);
+	if (!make_test_cgroup())
+		SKIP(goto out, "no cgroup2 at " CG_ROOT);
+	block_cache(1);
+
+	/* A page of plain guest_memfd first: what memory_failure() does there. */
+	ASSERT_EQ(fallocate_in_cgroup(plain, 0, PAGE_SIZE), 0);
+	ASSERT_EQ(cgroup_gmem_pfns(pfns, BLOCK_PAGES), 1);
+	plain_result = poison(pfns[0]);
+	ASSERT_STRNE(plain_result, "none");
+
+	/* A block out of the direct map, poisoned in its middle. */
+	ASSERT_EQ(fallocate_in_cgroup(gmem, 0, SZ_2M), 0);
+	if (cgroup_gmem_pfns(pfns, BLOCK_PAGES) != BLOCK_PAGES ||
+	    pfns[BLOCK_PAGES - 1] - pfns[0] != BLOCK_PAGES - 1)
+		SKIP(goto out, "no 2 MiB block could be had");
+	pfn = pfns[BLOCK_PAGES / 2];
+	result = poison(pfn);
+	TH_LOG("memory_failure(): %s in plain guest_memfd, %s without the direct map",
+	       plain_result, result);
+	ASSERT_STREQ(result, plain_result);
+
+	/* The block leaves the file: all of it comes back but the poison. */
+	restored0 = get_vmstat("direct_map_restored");
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			    0, SZ_2M), 0);
+	/* PUNCH_HOLE drains what it released before it returns. */
+	restored = get_vmstat("direct_map_restored") - restored0;
+	ASSERT_EQ(restored, BLOCK_PAGES - 1);
+	ASSERT_TRUE(page_poisoned(pfn));
+
+	/* Not cached: the next 2 MiB is a new block, without the poison. */
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, SZ_2M), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), 0);
+out:
+	close(plain);
+	close(gmem);
+	kvm_vm_free(vm);
 	rmdir(CG_TEST);
 }
 
