@@ -226,12 +226,14 @@ impl Block {
         }
     }
 
-    /// Returns the folio of the block's page `i`.
+    /// Returns the folio of the block's page `i`, which must be less than [`Block::nr_pages`].
     fn folio(&self, i: usize) -> *mut bindings::folio {
-        // The pages are order-0, so each is a folio of its own; the `struct page`s of a buddy
-        // allocation are contiguous.
+        debug_assert!(i < self.nr_pages());
         self.removed().map_or(core::ptr::null_mut(), |r| {
-            r.first_page().wrapping_add(i).cast()
+            // SAFETY: The `struct page`s of a buddy allocation are contiguous, and the block holds
+            // a reference to each of its pages, so page `i` is valid. The pages are order-0: each
+            // is a folio of its own.
+            unsafe { bindings::page_folio(r.first_page().wrapping_add(i)) }
         })
     }
 
@@ -336,7 +338,7 @@ impl Cache {
             drop(doomed);
 
             let mut ready = Stack::new();
-            let mut batch = Batch::new();
+            let mut batch = Batch::<Pages>::new();
             let mut again = 0;
             while let Some(mut node) = released.pop() {
                 if ready.len == room || node.removed.nr_pages() != BLOCK_PAGES {
@@ -733,10 +735,17 @@ pub unsafe extern "C" fn kvm_protmem_cache_drain(cache: *mut bindings::kvm_protm
 ///
 /// All or nothing for the direct map: everything is removed, with one TLB flush for the whole
 /// request, before any of it enters the page cache. If a removal fails, nothing is added and the
-/// error (`-ENOMEM` when a large mapping could not be split) is returned. A page that loses a race
-/// with another thread adding the same index stays with its block, which is released when its
-/// last page leaves the page cache. The blocks of this request that no page of got in go to the
-/// [`Cache`] (2 MiB blocks, while it has room), or are mapped again and freed, before it returns.
+/// error (`-ENOMEM` when a large mapping could not be split) is returned. If the page cache fails
+/// to add a page (`-ENOMEM` for its own tree), the pages added before it stay, as they do without
+/// the flag, and the error is returned. The blocks of this request that no page of got in go to
+/// the [`Cache`] (2 MiB blocks, while it has room), or are mapped again and freed, before it
+/// returns.
+///
+/// The caller serialises the requests of an inode (guest_memfd.c's `populate_lock`), so each
+/// sees the pages the others added: every page of a block enters the page cache, unless the page
+/// cache fails, and a 2 MiB range of the file has at most one 2 MiB block with a page in it. An
+/// index of the file then holds at most two pages: the one in the page cache, and one that left
+/// it and waits in a block that still has pages in the page cache.
 ///
 /// Returns 0, `-ENOMEM`, `-EINTR`, or an error of the page cache.
 ///
@@ -798,15 +807,17 @@ unsafe fn charge(inode: *mut bindings::inode, removed: &Removed<Pages>) -> Resul
 enum Plan {
     /// From the [`Cache`]: zeroed, removed and flushed already.
     Cached(KBox<Node>),
-    /// Newly allocated and zeroed, in the direct map; with the room for its node.
-    New(Pages, KBox<MaybeUninit<Node>>),
+    /// Newly allocated and zeroed, in the direct map; with the room for its node. The pages are
+    /// `None` once they went to the [`Batch`] that removes them (after the plan, so
+    /// [`Plan::nr_pages`] is only asked before).
+    New(Option<Pages>, KBox<MaybeUninit<Node>>),
 }
 
 impl Plan {
     fn nr_pages(&self) -> usize {
         match self {
             Plan::Cached(node) => node.removed.nr_pages(),
-            Plan::New(pages, _) => pages.nr,
+            Plan::New(pages, _) => pages.as_ref().map_or(0, |pages| pages.nr),
         }
     }
 
@@ -881,7 +892,7 @@ unsafe fn plan_block(
             _ => unsafe { Pages::alloc(inode, index, 0) }.ok_or(ENOMEM)?,
         };
         let first = if pages.nr == BLOCK_PAGES { base } else { index };
-        (first, Plan::New(pages, node))
+        (first, Plan::New(Some(pages), node))
     };
 
     Ok(Planned { first, plan, block })
@@ -955,38 +966,67 @@ unsafe fn populate(
     blocks: bool,
 ) -> Result {
     // SAFETY: As for this function.
-    let plans = unsafe { plan(pm, inode, start, end, size, blocks) }?;
-    let mut new: KVVec<(usize, Arc<Block>)> =
-        match KVVec::with_capacity(plans.len(), GFP_KERNEL_ACCOUNT) {
-            Ok(new) => new,
-            Err(e) => {
-                for p in plans {
-                    p.plan.give_back(&pm.cache);
-                }
-                return Err(e.into());
+    let mut plans = unsafe { plan(pm, inode, start, end, size, blocks) }?;
+    let mut new: KVVec<(usize, Arc<Block>)> = KVVec::new();
+    let batch = new
+        .reserve(plans.len(), GFP_KERNEL_ACCOUNT)
+        .map_err(Error::from)
+        .and_then(|()| Batch::with_capacity(plans.len(), GFP_KERNEL_ACCOUNT));
+    let mut batch = match batch {
+        Ok(batch) => batch,
+        Err(e) => {
+            for p in plans {
+                p.plan.give_back(&pm.cache);
             }
-        };
-    let mut batch = Batch::new();
+            return Err(e);
+        }
+    };
     let mut reused = 0;
     let mut removed = Ok(());
+    // The plans from this one on were not removed (the first of them failed).
+    let mut failed = plans.len();
 
-    let mut plans = plans.into_iter();
-    for p in &mut plans {
-        let node = match p.plan {
-            Plan::Cached(node) => {
-                reused += node.removed.nr_pages();
-                node
+    for (i, p) in plans.iter_mut().enumerate() {
+        match &mut p.plan {
+            Plan::Cached(node) => reused += node.removed.nr_pages(),
+            Plan::New(pages, _) => {
+                let Some(pages) = pages.take() else { continue };
+                // On error the pages were not removed, and are freed.
+                if let Err(e) = batch.remove(pages, GFP_KERNEL_ACCOUNT) {
+                    removed = Err(e);
+                    failed = i;
+                    break;
+                }
             }
-            Plan::New(pages, node) => match batch.remove(pages) {
-                Ok(removed) => node.write(Node {
+        }
+    }
+
+    // One TLB flush for everything removed above, before any of it can be reached.
+    let (nr, splits) = (batch.nr_pages(), batch.nr_splits());
+    let mut flushed = batch.flush().into_iter();
+    pm.removed(nr, splits);
+    pm.reused(reused);
+
+    for (i, p) in plans.into_iter().enumerate() {
+        let node = match p.plan {
+            // Not removed: back to the cache, or freed.
+            plan if i >= failed => {
+                plan.give_back(&pm.cache);
+                continue;
+            }
+            Plan::Cached(node) => node,
+            // Removed and flushed: `flush()` returns them in the order of the plans.
+            Plan::New(_, node) => match flushed.next() {
+                Some(removed) => node.write(Node {
                     removed,
                     next: None,
                     busy: 0,
                 }),
-                // The pages were not removed, and are freed.
-                Err(e) => {
-                    removed = Err(e);
-                    break;
+                // Cannot happen: every plan before `failed` was removed. Nothing is added.
+                None => {
+                    debug_assert!(false, "fewer ranges flushed than removed");
+                    removed = Err(ENOMEM);
+                    continue;
                 }
             },
         };
@@ -994,22 +1034,12 @@ unsafe fn populate(
             node: Some(node),
             pm: pm.into(),
         });
-        if new.push_within_capacity((p.first, block.into())).is_err() {
+        if let Err(e) = new.push_within_capacity((p.first, block.into())) {
             // Cannot happen: there is room for every plan.
-            removed = Err(ENOMEM);
-            break;
+            Block::release_unused(e.0 .1);
         }
     }
-    // After a failed removal: not removed, given back.
-    for p in plans {
-        p.plan.give_back(&pm.cache);
-    }
-
-    // One TLB flush for everything removed above, before any of it can be reached.
-    let (nr, splits) = (batch.nr_pages(), batch.nr_splits());
-    batch.flush();
-    pm.removed(nr, splits);
-    pm.reused(reused);
+    debug_assert!(flushed.next().is_none());
 
     if let Err(e) = removed {
         // None of them entered the page cache: kept, or mapped again and freed here.
@@ -1033,6 +1063,8 @@ unsafe fn populate(
             if err != 0 {
                 // SAFETY: The insertion failed, so the folio did not keep `owner`.
                 drop(unsafe { <Arc<Block> as ForeignOwnable>::from_foreign(owner) });
+                // Only a page added other than by `kvm_protmem_populate` could be there, and
+                // nothing adds one: that page would do as well as this one.
                 if err != -(bindings::EEXIST as c_int) {
                     ret = to_result(err);
                     break;

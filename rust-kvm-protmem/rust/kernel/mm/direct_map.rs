@@ -22,8 +22,9 @@
 //! [`EOPNOTSUPP`]: crate::error::code::EOPNOTSUPP
 
 use crate::{
+    alloc::{Flags, KVVec},
     bindings,
-    error::{to_result, Result},
+    error::{code::ENOMEM, to_result, Result},
     page::Page,
 };
 use core::mem::{ManuallyDrop, MaybeUninit};
@@ -73,10 +74,10 @@ unsafe impl DirectMapPages for Page {
 
 /// Pages that are off the direct map.
 ///
-/// Created by [`Removed::new`], which also flushes the TLBs, or by [`Batch::remove`], whose
-/// [`Batch`] flushes when it is dropped or [`flushed`](Batch::flush). Dropping a `Removed`
-/// maps the pages again and then drops them; [`Removed::restore`] maps them again and gives
-/// them back.
+/// Created by [`Removed::new`], which also flushes the TLBs, or by [`Batch::flush`], after the
+/// flush: the pages of a `Removed` are out of the direct map and out of every CPU's TLB. Dropping
+/// a `Removed` maps the pages again and then drops them; [`Removed::restore`] maps them again and
+/// gives them back.
 ///
 /// The pages are not reachable through a `Removed`: the kernel must not touch them through the
 /// direct map while they are removed. Forgetting a `Removed` (e.g. with [`core::mem::forget`])
@@ -85,7 +86,9 @@ unsafe impl DirectMapPages for Page {
 /// # Invariants
 ///
 /// The `pages.nr_pages()` pages from `pages.first_page()` are removed from the direct map, by
-/// one removal of exactly that range.
+/// one removal of exactly that range; outside the [`Batch`] that removed them (if any), no CPU's
+/// TLB holds their direct-map addresses any more. (A [`Batch::zero`] maps them at another
+/// address, until that batch is flushed.)
 ///
 /// # Examples
 ///
@@ -204,14 +207,21 @@ impl<P: DirectMapPages> Drop for Removed<P> {
 
 /// Removals from the direct map that share one TLB flush.
 ///
-/// [`Batch::remove`] removes a range without flushing; the TLBs of all CPUs are flushed once, for
-/// every range removed through the batch, by [`Batch::flush`] or when the batch is dropped. Until
-/// then other CPUs may still reach the pages through stale TLB entries.
+/// [`Batch::remove`] removes a range without flushing and keeps it: the pages may still be
+/// reachable through stale TLB entries on other CPUs, so nothing can use them as removed yet.
+/// [`Batch::flush`] flushes the TLBs of all CPUs once, for every range removed through the batch,
+/// and only then hands the ranges out, as [`Removed`]: a [`Removed`] is always removed *and*
+/// flushed. Dropping the batch flushes too, and maps its ranges again.
 ///
 /// # Invariants
 ///
-/// `raw` was initialised by `direct_map_batch_init()` and is only changed by the
-/// `direct_map_batch_*()` functions.
+/// - `raw` was initialised by `direct_map_batch_init()` and is only changed by the
+///   `direct_map_batch_*()` functions;
+/// - every range in `removed` was removed through `raw`, in the order of `removed`, and its TLB
+///   flush is still to come.
+///
+/// Forgetting a batch (e.g. with [`core::mem::forget`]) leaks its ranges, still removed and maybe
+/// not flushed, but never frees them while they are removed.
 ///
 /// # Examples
 ///
@@ -219,51 +229,71 @@ impl<P: DirectMapPages> Drop for Removed<P> {
 /// use kernel::{mm::direct_map::Batch, page::Page, prelude::*};
 ///
 /// let mut batch = Batch::new();
-/// let a = batch.remove(Page::alloc_page(GFP_KERNEL)?)?;
-/// let b = batch.remove(Page::alloc_page(GFP_KERNEL)?)?;
+/// batch.remove(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
+/// batch.remove(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
 /// assert_eq!(batch.nr_pages(), 2);
-/// // One TLB flush for both pages.
-/// batch.flush();
+/// // One TLB flush for both pages, and then they can be used as removed.
+/// let removed = batch.flush();
+/// assert_eq!(removed.len(), 2);
 ///
 /// // Restored (and freed) when dropped.
-/// drop((a, b));
+/// drop(removed);
 /// # Ok::<(), Error>(())
 /// ```
-pub struct Batch {
+pub struct Batch<P: DirectMapPages> {
     raw: bindings::direct_map_batch,
+    removed: KVVec<Removed<P>>,
 }
 
-impl Batch {
+impl<P: DirectMapPages> Batch<P> {
     /// Creates an empty batch.
     pub fn new() -> Self {
         let mut raw = MaybeUninit::<bindings::direct_map_batch>::uninit();
 
         // SAFETY: `raw` is valid for writes, and `direct_map_batch_init()` writes every field.
         unsafe { bindings::direct_map_batch_init(raw.as_mut_ptr()) };
-        // INVARIANT: `raw` was initialised by `direct_map_batch_init()`.
+        // INVARIANT: `raw` was initialised by `direct_map_batch_init()`; `removed` is empty.
         Self {
             // SAFETY: `direct_map_batch_init()` initialised `raw`.
             raw: unsafe { raw.assume_init() },
+            removed: KVVec::new(),
         }
     }
 
-    /// Removes `pages` from the direct map; the TLBs are flushed with the rest of the batch.
+    /// Creates an empty batch with room for `n` ranges, so that removing them does not allocate.
+    pub fn with_capacity(n: usize, flags: Flags) -> Result<Self> {
+        let mut batch = Self::new();
+
+        batch.removed.reserve(n, flags)?;
+        Ok(batch)
+    }
+
+    /// Removes `pages` from the direct map, and keeps them until the batch is flushed.
     ///
-    /// On error nothing of `pages` was removed, `pages` is dropped, and the ranges removed
-    /// earlier through the batch stay removed.
+    /// `flags` are for the room to keep them, allocated first, if there is none.
+    ///
+    /// On error nothing of `pages` was removed, `pages` is dropped, and the ranges removed earlier
+    /// through the batch stay in it.
     ///
     /// Might sleep.
-    pub fn remove<P: DirectMapPages>(&mut self, pages: P) -> Result<Removed<P>> {
+    pub fn remove(&mut self, pages: P, flags: Flags) -> Result {
+        self.removed.reserve(1, flags)?;
         // SAFETY: `self.raw` is initialised by the type invariant; by the `DirectMapPages`
         // contract `pages` owns `nr_pages()` contiguous pages from `first_page()`.
         to_result(unsafe {
             bindings::direct_map_batch_remove(&mut self.raw, pages.first_page(), pages.nr_pages())
         })?;
 
-        // INVARIANT: the removal of exactly this range succeeded.
-        Ok(Removed {
+        // INVARIANT: the removal of exactly this range through `raw` succeeded.
+        let removed = Removed {
             pages: ManuallyDrop::new(pages),
-        })
+        };
+        if let Err(e) = self.removed.push_within_capacity(removed) {
+            // Cannot happen: there is room for one more. Mapped again and dropped.
+            drop(e.0);
+            return Err(ENOMEM);
+        }
+        Ok(())
     }
 
     /// Zeroes the pages of `removed` without mapping them again in the direct map.
@@ -275,9 +305,7 @@ impl Batch {
     /// unchanged.
     ///
     /// Might sleep.
-    ///
-    /// [`ENOMEM`]: crate::error::code::ENOMEM
-    pub fn zero<P: DirectMapPages>(&mut self, removed: &mut Removed<P>) -> Result {
+    pub fn zero<Q: DirectMapPages>(&mut self, removed: &mut Removed<Q>) -> Result {
         // SAFETY: `self.raw` is initialised by the type invariant; `removed` owns its pages, which
         // are off the direct map by its type invariant, and `&mut` keeps anyone else from using
         // them through it while they are written.
@@ -301,22 +329,31 @@ impl Batch {
     }
 
     /// Flushes the TLBs of all CPUs, once, for every range removed through the batch (and once
-    /// more for the temporary mappings of [`Batch::zero`], if any).
+    /// more for the temporary mappings of [`Batch::zero`], if any), and returns the ranges, in
+    /// the order they were removed.
     ///
-    /// Dropping the batch does the same; this only makes the point visible.
-    pub fn flush(self) {}
+    /// Dropping what it returns maps the ranges again.
+    pub fn flush(mut self) -> KVVec<Removed<P>> {
+        self.flush_tlb();
+        core::mem::take(&mut self.removed)
+    }
+
+    fn flush_tlb(&mut self) {
+        // SAFETY: `self.raw` is initialised by the type invariant.
+        unsafe { bindings::direct_map_batch_flush(&mut self.raw) };
+    }
 }
 
-impl Default for Batch {
+impl<P: DirectMapPages> Default for Batch<P> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Drop for Batch {
+impl<P: DirectMapPages> Drop for Batch<P> {
     fn drop(&mut self) {
-        // SAFETY: `self.raw` is initialised by the type invariant.
-        unsafe { bindings::direct_map_batch_flush(&mut self.raw) };
+        self.flush_tlb();
+        // `removed` is dropped after this: its ranges are mapped again, then dropped.
     }
 }
 
@@ -388,13 +425,28 @@ mod tests {
         let b = Page::alloc_page(GFP_KERNEL)?;
         let mut batch = Batch::new();
 
-        let ra = batch.remove(Lent(a.as_ptr()))?;
-        let rb = batch.remove(Lent(b.as_ptr()))?;
+        batch.remove(Lent(a.as_ptr()), GFP_KERNEL)?;
+        batch.remove(Lent(b.as_ptr()), GFP_KERNEL)?;
         assert_eq!(batch.nr_pages(), 2);
-        batch.flush();
+        let removed = batch.flush();
+        assert_eq!(removed.len(), 2);
+        assert_eq!(removed[0].first_page(), a.as_ptr());
+        assert_eq!(removed[1].first_page(), b.as_ptr());
         assert!(!readable(&a) && !readable(&b));
-        drop((ra, rb));
+        drop(removed);
         assert!(readable(&a) && readable(&b));
+        Ok(())
+    }
+
+    #[test]
+    fn dropped_batch_maps_again() -> Result {
+        let page = Page::alloc_page(GFP_KERNEL)?;
+        let mut batch = Batch::with_capacity(1, GFP_KERNEL)?;
+
+        batch.remove(Lent(page.as_ptr()), GFP_KERNEL)?;
+        assert!(!readable(&page));
+        drop(batch);
+        assert!(readable(&page));
         Ok(())
     }
 
@@ -408,7 +460,7 @@ mod tests {
         // else uses the page.
         unsafe { page.write_raw(secret.as_ptr(), 0, secret.len())? };
         let mut removed = Removed::new(Lent(page.as_ptr()))?;
-        let mut batch = Batch::new();
+        let mut batch = Batch::<Lent>::new();
         batch.zero(&mut removed)?;
         batch.flush();
         assert!(!readable(&page));

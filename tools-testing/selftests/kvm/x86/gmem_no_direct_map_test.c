@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -691,6 +692,141 @@ TEST_F(block_cache, limit_and_shrinker)
 	write_file("/proc/sys/vm/drop_caches", "2");
 	ASSERT_EQ(wait_vmstat("direct_map_restored", restored0 + DATA_PAGES, 30) -
 		  restored0, DATA_PAGES);
+}
+
+#define RACE_ROUNDS	16
+#define RACE_FALLOCATORS	3
+
+/* A thread that adds one page of the first 2 MiB range, once a round. */
+struct racer {
+	pthread_t thread;
+	pthread_barrier_t *go;
+	/* Pre-faults the page with it, as a guest fault; NULL: fallocate(). */
+	struct kvm_vcpu *vcpu;
+	int gmem;
+	u64 page;
+	/* errno of the last call that failed, 0 if none did. */
+	int err;
+};
+
+static void *race(void *arg)
+{
+	struct racer *r = arg;
+	int round;
+
+	for (round = 0; round < RACE_ROUNDS; round++) {
+		pthread_barrier_wait(r->go);
+		if (r->vcpu) {
+			struct kvm_pre_fault_memory range = {
+				.gpa = DATA_GPA + r->page * PAGE_SIZE,
+				.size = PAGE_SIZE,
+			};
+
+			if (__vcpu_ioctl(r->vcpu, KVM_PRE_FAULT_MEMORY, &range))
+				r->err = errno;
+		} else if (fallocate(r->gmem, FALLOC_FL_KEEP_SIZE,
+				     r->page * PAGE_SIZE, PAGE_SIZE)) {
+			r->err = errno;
+		}
+		pthread_barrier_wait(r->go);
+	}
+	return NULL;
+}
+
+/*
+ * Requests that find the same 2 MiB range empty at the same time (fallocate()
+ * holds the invalidate lock shared, and a guest fault takes no lock of the
+ * file) add one 2 MiB block between them, not part of a block each; and a page
+ * punched and added again leaves at most two pages behind its index, so the
+ * guest_memfd holds at most twice its size.  Counted with the VM's stats in
+ * each of RACE_ROUNDS rounds; in every other round the first request takes
+ * its block from the block cache.
+ */
+TEST_F_TIMEOUT(block_cache, populate_race, 120)
+{
+	struct racer racers[RACE_FALLOCATORS + 1] = {};
+	int nr = RACE_FALLOCATORS, i, round, extra = 0, singles = 0;
+	u64 removals, pages, most = 0;
+	pthread_barrier_t go;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem;
+
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	vm_mem_set_private(vm, DATA_GPA, DATA_SIZE);
+	if (kvm_check_cap(KVM_CAP_PRE_FAULT_MEMORY))
+		racers[nr++].vcpu = vcpu;
+	else
+		TH_LOG("no KVM_CAP_PRE_FAULT_MEMORY: no fault in the race");
+
+	ASSERT_EQ(pthread_barrier_init(&go, NULL, nr + 1), 0);
+	for (i = 0; i < nr; i++) {
+		racers[i].go = &go;
+		racers[i].gmem = gmem;
+		/* Different pages of the range, none of them page 0. */
+		racers[i].page = i * (BLOCK_PAGES / nr) + 1;
+		ASSERT_EQ(pthread_create(&racers[i].thread, NULL, race,
+					 &racers[i]), 0);
+	}
+
+	for (round = 0; round < RACE_ROUNDS; round++) {
+		/*
+		 * Every other round, one block in the cache (the warm-up
+		 * allocates it): the first request takes it, and the others
+		 * race it with blocks they allocate.
+		 */
+		block_cache(round % 2);
+		if (round % 2) {
+			ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0,
+					    SZ_2M), 0);
+			ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE |
+					    FALLOC_FL_PUNCH_HOLE, 0, SZ_2M), 0);
+		}
+		removals = vm_get_stat(vm, direct_map_removals);
+		pthread_barrier_wait(&go);
+		/* The racers add their pages. */
+		pthread_barrier_wait(&go);
+		removals = vm_get_stat(vm, direct_map_removals) - removals;
+		if (removals > BLOCK_PAGES)
+			extra++;
+		else if (removals < BLOCK_PAGES)
+			singles++;
+
+		/* Page 0 punched out of its block, and added on its own. */
+		ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE |
+				    FALLOC_FL_PUNCH_HOLE, 0, PAGE_SIZE), 0);
+		ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, PAGE_SIZE), 0);
+		pages = vm_get_stat(vm, direct_map_pages);
+		most = pages > most ? pages : most;
+
+		ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE |
+				    FALLOC_FL_PUNCH_HOLE, 0, SZ_2M), 0);
+		ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+	}
+	for (i = 0; i < nr; i++) {
+		ASSERT_EQ(pthread_join(racers[i].thread, NULL), 0);
+		EXPECT_EQ(racers[i].err, 0) {
+			TH_LOG("racer %d (%s): %s", i,
+			       racers[i].vcpu ? "fault" : "fallocate",
+			       strerror(racers[i].err));
+		}
+	}
+	pthread_barrier_destroy(&go);
+
+	TH_LOG("%d/%d rounds added >1 block, %d none; most pages removed %lu, in the file %lu",
+	       extra, RACE_ROUNDS, singles, most, (u64)BLOCK_PAGES);
+	ASSERT_EQ(extra, 0);
+	ASSERT_LE(most, 2 * BLOCK_PAGES);
+
+	close(gmem);
+	kvm_vm_free(vm);
+	/* Everything removed is mapped again once the cache lets go. */
+	block_cache(0);
+	ASSERT_EQ(get_vmstat("direct_map_removed") - self->removed0,
+		  get_vmstat("direct_map_restored") - self->restored0);
+	if (singles == RACE_ROUNDS)
+		SKIP(return, "no 2 MiB block could be had: nothing raced for one");
 }
 
 static u64 read_meminfo(const char *name)
