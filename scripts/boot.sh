@@ -20,6 +20,32 @@ SELFTESTS=$KP_BUILD/kselftest/kvm
 TIMEOUT=${KP_BOOT_TIMEOUT:-1800}
 MEM=${KP_GUEST_MEM:-4G}
 SMP=${KP_GUEST_SMP:-2}
+# NUMA and hot-pluggable memory: the CPUs and all but 512 MiB of the memory
+# on node 0, 512 MiB on node 1 (guest_memfd_test's mbind() cases need two
+# nodes with memory), and DIMMS pc-dimms of 128 MiB on node 2, which the
+# guest's ACPI memory-hotplug driver adds (and maps) at boot as it adds
+# hot-added memory; gmem_no_direct_map_test's block_cache.hotplugged_memory
+# onlines, uses and ejects them.  0: none, and one NUMA node.
+DIMMS=${KP_GUEST_DIMMS:-8}
+case $MEM in
+*G) mem_mib=$((${MEM%G} * 1024)) ;;
+*M) mem_mib=${MEM%M} ;;
+*[0-9]) mem_mib=$MEM ;;
+*) kp_die "KP_GUEST_MEM=$MEM: give it in MiB, or with M or G" ;;
+esac
+memory=(-m "$MEM")
+if [ "$DIMMS" -gt 0 ]; then
+	memory=(-m "${mem_mib}M,slots=$DIMMS,maxmem=$((mem_mib + DIMMS * 128))M"
+		-object "memory-backend-ram,id=ram0,size=$((mem_mib - 512))M"
+		-object memory-backend-ram,id=ram1,size=512M
+		-numa "node,nodeid=0,cpus=0-$((SMP - 1)),memdev=ram0"
+		-numa node,nodeid=1,memdev=ram1
+		-numa node,nodeid=2)
+	for i in $(seq 0 $((DIMMS - 1))); do
+		memory+=(-object "memory-backend-ram,id=dimm$i,size=128M"
+			 -device "pc-dimm,id=dimm$i,memdev=dimm$i,node=2")
+	done
+fi
 [ -f "$KERNEL" ] || kp_die "no kernel at $KERNEL (run scripts/kp build)"
 
 BUSYBOX=$(command -v busybox)
@@ -54,10 +80,10 @@ done <"$root/kp/tests.list"
 RERUN=${KP_KUNIT_RERUN-$(grep -v '^#' "$KP_TOP/configs/kunit-rerun.list" | xargs | tr ' ' ',')}
 append="console=ttyS0 panic=-1 oops=panic nokaslr ${RERUN:+kp.rerun=$RERUN} ${KP_APPEND:-}"
 rm -f "$KP_RUN/console.log" "$KP_RUN/results.ktap"
-kp_say "booting $(cat "$KP_BUILD/include/config/kernel.release") (TCG, -cpu max,+svm,+npt, $SMP cpus, $MEM; timeout ${TIMEOUT}s; console $KP_RUN/console.log)"
+kp_say "booting $(cat "$KP_BUILD/include/config/kernel.release") (TCG, -cpu max,+svm,+npt, $SMP cpus, $MEM + $DIMMS x 128M DIMMs; timeout ${TIMEOUT}s; console $KP_RUN/console.log)"
 echo "qemu-system-x86_64 ... -append \"$append\"" >>"$KP_LOGS/boot.log"
 timeout "$TIMEOUT" qemu-system-x86_64 \
-	-accel tcg,thread=multi -cpu max,+svm,+npt -smp "$SMP" -m "$MEM" \
+	-accel tcg,thread=multi -cpu max,+svm,+npt -smp "$SMP" "${memory[@]}" \
 	-kernel "$KERNEL" -initrd "$KP_RUN/initramfs.cpio" -append "$append" \
 	-display none -monitor none -no-reboot \
 	-serial "file:$KP_RUN/console.log" -serial "file:$KP_RUN/results.ktap" \

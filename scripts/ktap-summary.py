@@ -30,7 +30,10 @@ SPLATS = re.compile(
     r'(WARNING: |BUG: |kernel BUG at|Oops|Kernel panic|general protection fault|'
     r'possible circular locking|possible recursive locking|inconsistent lock state|'
     # Not "lockdep": the debug kernel prints "RCU lockdep checking is enabled".
-    r'lockdep is turned off|DEBUG_LOCKS_WARN_ON|suspicious RCU usage|page dumped because|'
+    # Not "page dumped because: unmovable page": memory offlining reports
+    # so the page that made it fail (gmem_no_direct_map_test offlines).
+    r'lockdep is turned off|DEBUG_LOCKS_WARN_ON|suspicious RCU usage|'
+    r'page dumped because(?!: unmovable page)|'
     r'KASAN|UBSAN|KFENCE|INFO: task .* blocked|rcu.*detected stall|'
     r'self-detected stall|Unable to handle kernel|Bad page state|'
     r'page still off the direct map)')

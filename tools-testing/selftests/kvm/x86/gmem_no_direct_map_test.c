@@ -14,6 +14,7 @@
  * cache of free blocks turned off (kvm.gmem_no_direct_map_cache=0), which the
  * block_cache tests turn on.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -37,6 +38,7 @@
 #include <asm/pvclock-abi.h>
 
 #include "kvm_util.h"
+#include "numaif.h"
 #include "processor.h"
 #include "test_util.h"
 #include "kselftest_harness.h"
@@ -1124,7 +1126,11 @@ TEST_F(block_cache, memcg_charges_the_vm)
  * Return 0 if they were added; else the child's errno (ENOMEM), or minus the
  * signal that killed it (the cgroup's OOM killer).
  */
-static int fallocate_in_cgroup(int gmem, u64 offset, u64 len)
+/*
+ * fallocate() in a child in the test cgroup, its memory bound to @node if
+ * it is not -1 (the child's only allocations after that are the request's).
+ */
+static int fallocate_in_cgroup_node(int gmem, u64 offset, u64 len, int node)
 {
 	int fd, status;
 	pid_t child;
@@ -1144,12 +1150,23 @@ static int fallocate_in_cgroup(int gmem, u64 offset, u64 len)
 		errno = 0;
 		if (write(fd, pid, n) != n)
 			_exit(255);
+		if (node >= 0) {
+			unsigned long mask = 1UL << node;
+
+			if (set_mempolicy(MPOL_BIND, &mask, sizeof(mask) * 8))
+				_exit(254);
+		}
 		r = fallocate(gmem, FALLOC_FL_KEEP_SIZE, offset, len);
 		_exit(r ? errno : 0);
 	}
 	close(fd);
 	TEST_ASSERT(waitpid(child, &status, 0) == child, "waitpid");
 	return WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+static int fallocate_in_cgroup(int gmem, u64 offset, u64 len)
+{
+	return fallocate_in_cgroup_node(gmem, offset, len, -1);
 }
 
 /*
@@ -1424,6 +1441,372 @@ out:
 	close(plain);
 	close(gmem);
 	kvm_vm_free(vm);
+	rmdir(CG_TEST);
+}
+
+#define HOTPLUG_OPT_IN	"GMEM_NO_DIRECT_MAP_TEST_HOTPLUG"
+#define ACPI_DEVICES	"/sys/bus/acpi/devices/"
+#define MEMORY_DIR	"/sys/devices/system/memory/"
+#define PTDUMP_KERNEL	"/sys/kernel/debug/page_tables/kernel"
+#define MAX_DIMMS	256
+
+/* An ACPI memory device (a QEMU pc-dimm) and its one memory block. */
+struct dimm {
+	char name[32];
+	int block;
+};
+
+/* A 1 GiB range of memory that only ACPI memory devices on one node hold. */
+struct hotplug {
+	u64 start, block_size;
+	int node, nr;
+	struct dimm dimm[MAX_DIMMS];
+};
+
+static bool block_offline(int block)
+{
+	char path[80], buf[16] = {};
+	int fd;
+
+	snprintf(path, sizeof(path), MEMORY_DIR "memory%d/state", block);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return false;
+	read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	return !strncmp(buf, "offline", 7);
+}
+
+/* The node a memory block is on, or -1. */
+static int block_node(int block)
+{
+	char path[80];
+	struct dirent *de;
+	int node = -1;
+	DIR *d;
+
+	snprintf(path, sizeof(path), MEMORY_DIR "memory%d", block);
+	d = opendir(path);
+	if (!d)
+		return -1;
+	while ((de = readdir(d)))
+		if (sscanf(de->d_name, "node%d", &node) == 1)
+			break;
+	closedir(d);
+	return node;
+}
+
+/*
+ * Find a 1 GiB range that ACPI memory devices of one memory block each fill,
+ * all offline, on a node that has no other memory: memory the test may
+ * online, use and eject.
+ */
+static bool find_hotplug_range(struct hotplug *h)
+{
+	struct dimm all[MAX_DIMMS];
+	char path[300], link[300], *p;
+	int n = 0, i, j, node, block;
+	struct dirent *de;
+	u64 start;
+	DIR *d;
+	ssize_t r;
+	FILE *f;
+
+	f = fopen(MEMORY_DIR "block_size_bytes", "r");
+	if (!f)
+		return false;
+	if (fscanf(f, "%lx", &h->block_size) != 1)
+		h->block_size = 0;
+	fclose(f);
+	if (!h->block_size || SZ_1G % h->block_size)
+		return false;
+
+	d = opendir(ACPI_DEVICES);
+	if (!d)
+		return false;
+	while ((de = readdir(d)) && n < MAX_DIMMS) {
+		if (strncmp(de->d_name, "PNP0C80:", 8))
+			continue;
+		snprintf(path, sizeof(path), ACPI_DEVICES "%s/physical_node1",
+			 de->d_name);
+		if (!access(path, F_OK))
+			continue;
+		snprintf(path, sizeof(path), ACPI_DEVICES "%s/physical_node",
+			 de->d_name);
+		r = readlink(path, link, sizeof(link) - 1);
+		if (r <= 0)
+			continue;
+		link[r] = 0;
+		p = strrchr(link, '/');
+		if (!p || sscanf(p, "/memory%d", &block) != 1)
+			continue;
+		snprintf(all[n].name, sizeof(all[n].name), "%.31s", de->d_name);
+		all[n++].block = block;
+	}
+	closedir(d);
+
+	for (i = 0; i < n; i++) {
+		start = (all[i].block * h->block_size) & ~(u64)(SZ_1G - 1);
+		node = block_node(all[i].block);
+		h->nr = 0;
+		for (j = 0; j < n; j++) {
+			u64 a = all[j].block * h->block_size;
+
+			if (a < start || a >= start + SZ_1G)
+				continue;
+			if (!block_offline(all[j].block) ||
+			    block_node(all[j].block) != node)
+				break;
+			h->dimm[h->nr++] = all[j];
+		}
+		if (j < n || node < 0 ||
+		    h->nr * h->block_size != SZ_1G || h->nr < 2)
+			continue;
+
+		/* The node's memory is these devices' and nothing else. */
+		snprintf(path, sizeof(path), "/sys/devices/system/node/node%d", node);
+		d = opendir(path);
+		if (!d)
+			continue;
+		while ((de = readdir(d))) {
+			if (sscanf(de->d_name, "memory%d", &block) != 1)
+				continue;
+			for (j = 0; j < h->nr; j++)
+				if (h->dimm[j].block == block)
+					break;
+			if (j == h->nr)
+				break;
+		}
+		closedir(d);
+		if (de)
+			continue;
+		h->start = start;
+		h->node = node;
+		return true;
+	}
+	return false;
+}
+
+/* Write @state to a memory block, trying @tries times (offlining: EBUSY). */
+static bool set_block_state(int block, const char *state, int tries)
+{
+	char path[80];
+	int i;
+
+	snprintf(path, sizeof(path), MEMORY_DIR "memory%d/state", block);
+	for (i = 0; i < tries; i++) {
+		int fd = open(path, O_WRONLY);
+		bool ok;
+
+		TEST_ASSERT(fd >= 0, "open %s", path);
+		ok = write(fd, state, strlen(state)) == (ssize_t)strlen(state);
+		close(fd);
+		if (ok)
+			return true;
+		usleep(100000);
+	}
+	return false;
+}
+
+/* The size of the direct map's @name ("2M", "1G") mappings, in kB. */
+static u64 direct_map_kb(const char *name)
+{
+	char line[128], key[32];
+	u64 kb = 0, val;
+	FILE *f;
+
+	snprintf(key, sizeof(key), "DirectMap%s:", name);
+	f = fopen("/proc/meminfo", "r");
+	TEST_ASSERT(f, "open /proc/meminfo");
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)) &&
+		    sscanf(line + strlen(key), "%lu", &val) == 1)
+			kb = val;
+	fclose(f);
+	return kb;
+}
+
+static bool can_read(const char *path)
+{
+	int fd = open(path, O_RDONLY);
+
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
+/* The direct map's virtual address of physical address 0, from kcore. */
+static u64 direct_map_offset(void)
+{
+	struct elf64_hdr eh;
+	u64 offset = 0;
+	int fd, i;
+
+	fd = open("/proc/kcore", O_RDONLY);
+	TEST_ASSERT(fd >= 0, "open /proc/kcore");
+	TEST_ASSERT(pread(fd, &eh, sizeof(eh), 0) == sizeof(eh), "kcore ehdr");
+	for (i = 0; i < eh.e_phnum; i++) {
+		struct elf64_phdr ph;
+
+		TEST_ASSERT(pread(fd, &ph, sizeof(ph),
+				  eh.e_phoff + i * sizeof(ph)) == sizeof(ph),
+			    "kcore phdr");
+		if (ph.p_type == PT_LOAD && ph.p_paddr != (u64)-1 &&
+		    ph.p_vaddr < 0xffffffff80000000ULL) {
+			offset = ph.p_vaddr - ph.p_paddr;
+			break;
+		}
+	}
+	close(fd);
+	TEST_ASSERT(offset, "no RAM segment in /proc/kcore");
+	return offset;
+}
+
+/* How a physical range is mapped in the direct map, in bytes. */
+struct mapped {
+	u64 pud, pmd, pte, absent;
+};
+
+static struct mapped direct_map_levels(u64 phys, u64 size)
+{
+	u64 lo = direct_map_offset() + phys, hi = lo + size, a, b;
+	struct mapped m = {};
+	char line[256];
+	FILE *f;
+
+	f = fopen(PTDUMP_KERNEL, "r");
+	TEST_ASSERT(f, "open " PTDUMP_KERNEL);
+	while (fgets(line, sizeof(line), f)) {
+		char *level;
+		u64 len;
+
+		if (sscanf(line, "0x%lx-0x%lx", &a, &b) != 2 || b <= lo || a >= hi)
+			continue;
+		len = min(b, hi) - max(a, lo);
+		line[strcspn(line, "\n")] = 0;
+		level = strrchr(line, ' ') + 1;
+		if (!strstr(line, " RW ") && !strstr(line, " ro "))
+			m.absent += len;
+		else if (!strcmp(level, "pud"))
+			m.pud += len;
+		else if (!strcmp(level, "pmd"))
+			m.pmd += len;
+		else
+			m.pte += len;
+	}
+	fclose(f);
+	return m;
+}
+
+/*
+ * Add DATA_SIZE of NO_DIRECT_MAP memory on the hot-added node (in the test
+ * cgroup, whose pages /proc/kpagecgroup tells), free it, and return how the
+ * 1 GiB range is mapped once the memory is back.  (ptdump cannot show the
+ * removal of a whole 2M mapping: a not-present 2M entry has no PSE bit, and
+ * its walk skips it.)
+ */
+static struct mapped hotplug_round(struct __test_metadata *_metadata,
+				   struct hotplug *h, bool blocks)
+{
+	u64 restored0 = get_vmstat("direct_map_restored");
+	u64 pfns[DATA_PAGES];
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, n, i;
+
+	write_file(BLOCKS_PARAM, blocks ? "Y" : "N");
+	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
+			  &gmem);
+	TEST_ASSERT(!fallocate_in_cgroup_node(gmem, 0, DATA_SIZE, h->node),
+		    "fallocate on node %d", h->node);
+	n = cgroup_gmem_pfns(pfns, DATA_PAGES);
+	TEST_ASSERT(n == DATA_PAGES, "%d guest_memfd pages, not %d", n,
+		    (int)DATA_PAGES);
+	for (i = 0; i < n; i++)
+		TEST_ASSERT(pfns[i] >= h->start / PAGE_SIZE &&
+			    pfns[i] < (h->start + SZ_1G) / PAGE_SIZE,
+			    "pfn 0x%lx is not in the hot-added range", pfns[i]);
+	close(gmem);
+	kvm_vm_free(vm);
+	TEST_ASSERT(wait_vmstat("direct_map_restored", restored0 + DATA_PAGES,
+				30) >= restored0 + DATA_PAGES,
+		    "the memory was not mapped again");
+	return direct_map_levels(h->start, SZ_1G);
+}
+
+/*
+ * Memory that the hotplug code mapped with 2M pages is removed and restored
+ * in 2 MiB blocks and page by page, and is mapped with 2M pages again, not
+ * with a 1G page: memory hot-remove takes down only whole 1G mappings, and
+ * would otherwise take the 1G page for a page table.  Then one memory device
+ * is ejected, and the rest of the range is still mapped and used.
+ */
+TEST_F_TIMEOUT(block_cache, hotplugged_memory, 300)
+{
+	const char *opt_in = getenv(HOTPLUG_OPT_IN);
+	struct dimm *gone = NULL;
+	struct hotplug h;
+	struct mapped m;
+	char path[300];
+	int i;
+
+	if (!opt_in || strcmp(opt_in, "1"))
+		SKIP(return, "onlines, uses and ejects hot-pluggable memory: set "
+		     HOTPLUG_OPT_IN "=1");
+	if (!can_read(PTDUMP_KERNEL) || !can_read("/proc/kcore"))
+		SKIP(return, "cannot read " PTDUMP_KERNEL " or /proc/kcore");
+	/* debug_pagealloc maps all memory with 4K pages; nogbpages no 1G. */
+	if (!direct_map_kb("2M") || !direct_map_kb("1G"))
+		SKIP(return, "no 2M or no 1G pages in the direct map");
+	if (!find_hotplug_range(&h))
+		SKIP(return, "needs 1 GiB of offline memory devices alone on a node (8 pc-dimms)");
+	if (!make_test_cgroup())
+		SKIP(return, "no cgroup2 at " CG_ROOT);
+
+	for (i = 0; i < h.nr; i++)
+		ASSERT_TRUE(set_block_state(h.dimm[i].block, "online_kernel", 1));
+	m = direct_map_levels(h.start, SZ_1G);
+	ASSERT_EQ(m.pmd, SZ_1G) TH_LOG("hot-added memory is not mapped with 2M pages");
+
+	m = hotplug_round(_metadata, &h, true);
+	ASSERT_EQ(m.pud, 0) TH_LOG("a restore made a 1G mapping of hot-added 2M mappings");
+	ASSERT_EQ(m.pmd, SZ_1G);
+	m = hotplug_round(_metadata, &h, false);
+	ASSERT_EQ(m.pud, 0) TH_LOG("a restore made a 1G mapping of hot-added 2M mappings");
+	ASSERT_EQ(m.pmd, SZ_1G);
+	write_file(BLOCKS_PARAM, "Y");
+
+	/*
+	 * Eject a device whose memory goes offline (kernel allocations made
+	 * while the memory was bound there may pin some; the kernel reports
+	 * each failure with a dump of the page): its memory block is removed,
+	 * and its mapping with it.
+	 */
+	write_file("/proc/sys/vm/drop_caches", "3");
+	for (i = h.nr - 1; i >= 0 && !gone; i--)
+		if (set_block_state(h.dimm[i].block, "offline", 1))
+			gone = &h.dimm[i];
+	ASSERT_TRUE(gone) TH_LOG("no memory device of the range goes offline");
+	snprintf(path, sizeof(path), ACPI_DEVICES "%s/eject", gone->name);
+	write_file(path, "1");
+	snprintf(path, sizeof(path), MEMORY_DIR "memory%d", gone->block);
+	for (i = 0; i < 300 && !access(path, F_OK); i++)
+		usleep(100000);
+	ASSERT_NE(access(path, F_OK), 0) TH_LOG("%s was not removed", gone->name);
+	m = direct_map_levels(gone->block * h.block_size, h.block_size);
+	ASSERT_EQ(m.absent, h.block_size);
+
+	/* The rest is mapped as it was, and still used and restored. */
+	m = hotplug_round(_metadata, &h, true);
+	ASSERT_EQ(m.pud, 0);
+	ASSERT_EQ(m.pmd, SZ_1G - h.block_size);
+	ASSERT_EQ(m.absent, h.block_size);
+
+	/* Offline what is left, as it was found (best effort). */
+	for (i = 0; i < h.nr; i++)
+		if (&h.dimm[i] != gone)
+			set_block_state(h.dimm[i].block, "offline", 1);
 	rmdir(CG_TEST);
 }
 
