@@ -272,6 +272,13 @@ TEST(flags_and_caps)
 	}
 }
 
+/* Whether a kcore segment is RAM: in the direct map, below the kernel image. */
+static bool kcore_ram(const struct elf64_phdr *ph)
+{
+	return ph->p_type == PT_LOAD && ph->p_paddr != (u64)-1 &&
+	       ph->p_vaddr < 0xffffffff80000000ULL;
+}
+
 /*
  * Scan the host's direct map, through /proc/kcore, for the secret.  The RAM
  * segments of kcore are the PT_LOAD headers with a physical address below
@@ -302,8 +309,7 @@ static bool kcore_has_secret(void)
 		TEST_ASSERT(pread(fd, &ph, sizeof(ph),
 				  eh.e_phoff + i * sizeof(ph)) == sizeof(ph),
 			    "kcore phdr");
-		if (ph.p_type != PT_LOAD || ph.p_paddr == (u64)-1 ||
-		    ph.p_vaddr >= 0xffffffff80000000ULL)
+		if (!kcore_ram(&ph))
 			continue;
 
 		for (off = 0; off < ph.p_filesz && !found; off += chunk) {
@@ -831,7 +837,8 @@ TEST_F_TIMEOUT(block_cache, populate_race, 120)
 		SKIP(return, "no 2 MiB block could be had: nothing raced for one");
 }
 
-static u64 read_meminfo(const char *name)
+/* Read @name from /proc/meminfo into @bytes; false if it has no such line. */
+static bool find_meminfo(const char *name, u64 *bytes)
 {
 	FILE *f = fopen("/proc/meminfo", "r");
 	char key[64];
@@ -841,12 +848,20 @@ static u64 read_meminfo(const char *name)
 	while (fscanf(f, "%63s %lu kB\n", key, &val) == 2) {
 		if (!strncmp(key, name, strlen(name)) && key[strlen(name)] == ':') {
 			fclose(f);
-			return val << 10;
+			*bytes = val << 10;
+			return true;
 		}
 	}
 	fclose(f);
-	TEST_FAIL("no %s in /proc/meminfo", name);
-	return 0;
+	return false;
+}
+
+static u64 read_meminfo(const char *name)
+{
+	u64 bytes;
+
+	TEST_ASSERT(find_meminfo(name, &bytes), "no %s in /proc/meminfo", name);
+	return bytes;
 }
 
 /* lockdep's debug_locks: 1 while no report was made, -1 without lockdep. */
@@ -1608,24 +1623,6 @@ static bool set_block_state(int block, const char *state, int tries)
 	return false;
 }
 
-/* The size of the direct map's @name ("2M", "1G") mappings, in kB. */
-static u64 direct_map_kb(const char *name)
-{
-	char line[128], key[32];
-	u64 kb = 0, val;
-	FILE *f;
-
-	snprintf(key, sizeof(key), "DirectMap%s:", name);
-	f = fopen("/proc/meminfo", "r");
-	TEST_ASSERT(f, "open /proc/meminfo");
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, key, strlen(key)) &&
-		    sscanf(line + strlen(key), "%lu", &val) == 1)
-			kb = val;
-	fclose(f);
-	return kb;
-}
-
 static bool can_read(const char *path)
 {
 	int fd = open(path, O_RDONLY);
@@ -1639,9 +1636,12 @@ static bool can_read(const char *path)
 /* The direct map's virtual address of physical address 0, from kcore. */
 static u64 direct_map_offset(void)
 {
+	static u64 offset;
 	struct elf64_hdr eh;
-	u64 offset = 0;
 	int fd, i;
+
+	if (offset)
+		return offset;
 
 	fd = open("/proc/kcore", O_RDONLY);
 	TEST_ASSERT(fd >= 0, "open /proc/kcore");
@@ -1652,8 +1652,7 @@ static u64 direct_map_offset(void)
 		TEST_ASSERT(pread(fd, &ph, sizeof(ph),
 				  eh.e_phoff + i * sizeof(ph)) == sizeof(ph),
 			    "kcore phdr");
-		if (ph.p_type == PT_LOAD && ph.p_paddr != (u64)-1 &&
-		    ph.p_vaddr < 0xffffffff80000000ULL) {
+		if (kcore_ram(&ph)) {
 			offset = ph.p_vaddr - ph.p_paddr;
 			break;
 		}
@@ -1745,6 +1744,7 @@ static struct mapped hotplug_round(struct __test_metadata *_metadata,
 TEST_F_TIMEOUT(block_cache, hotplugged_memory, 300)
 {
 	const char *opt_in = getenv(HOTPLUG_OPT_IN);
+	u64 mapped_2m, mapped_1g;
 	struct dimm *gone = NULL;
 	struct hotplug h;
 	struct mapped m;
@@ -1757,7 +1757,8 @@ TEST_F_TIMEOUT(block_cache, hotplugged_memory, 300)
 	if (!can_read(PTDUMP_KERNEL) || !can_read("/proc/kcore"))
 		SKIP(return, "cannot read " PTDUMP_KERNEL " or /proc/kcore");
 	/* debug_pagealloc maps all memory with 4K pages; nogbpages no 1G. */
-	if (!direct_map_kb("2M") || !direct_map_kb("1G"))
+	if (!find_meminfo("DirectMap2M", &mapped_2m) || !mapped_2m ||
+	    !find_meminfo("DirectMap1G", &mapped_1g) || !mapped_1g)
 		SKIP(return, "no 2M or no 1G pages in the direct map");
 	if (!find_hotplug_range(&h))
 		SKIP(return, "needs 1 GiB of offline memory devices alone on a node (8 pc-dimms)");
