@@ -17,7 +17,11 @@
  * the free pages came back.  Lockdep, KASAN and WARN reports are for the console log
  * (and whoever reads it) to show.
  *
- * Usage: gmem_no_direct_map_stress [seconds, default 20]
+ * Usage: gmem_no_direct_map_stress [seconds, default 20] [plain]
+ *
+ * "plain" runs the same stress on a guest_memfd created without the flag, to
+ * tell the flag's failures from those of guest_memfd, KVM or the machine; it
+ * runs on a kernel without the flag too.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -75,6 +79,7 @@ static void guest_code(u64 id)
 }
 
 static int gmem;
+static u64 gmem_flags = GUEST_MEMFD_FLAG_NO_DIRECT_MAP;
 static struct kvm_vm *vm;
 static bool stop_host, closing;
 static u64 nr_converted, nr_touched, nr_punched, nr_allocated, nr_errors;
@@ -90,6 +95,7 @@ static struct vcpu_state {
 	u32 exit_reason;
 	int err;		/* errno of the last failed KVM_RUN */
 	u64 fault_gpa, fault_flags;
+	u64 hc_gpa, hc_attrs;	/* the last conversion it asked for */
 } vcpu_state[NR_VCPUS];
 
 static struct host_state {
@@ -138,6 +144,39 @@ static u64 map_gpa_range(u64 gpa, u64 npages, u64 attrs)
 	return 0;
 }
 
+/*
+ * A vCPU stopped in a way the guest never asks for: print what it was doing.
+ * After a triple fault (KVM_EXIT_SHUTDOWN) SVM has put the vCPU through INIT:
+ * its registers and exception queue are reset (the vector and error code of
+ * the last exception may be left), but its last conversion is known here.
+ */
+static void report_vcpu(struct kvm_vcpu *vcpu)
+{
+	struct vcpu_state *st = &vcpu_state[vcpu->id];
+	struct kvm_vcpu_events events;
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+
+	vcpu_regs_get(vcpu, &regs);
+	vcpu_sregs_get(vcpu, &sregs);
+	vcpu_events_get(vcpu, &events);
+	printf("# vCPU %d after %lu runs: rip 0x%llx rsp 0x%llx rflags 0x%llx",
+	       vcpu->id, st->runs, regs.rip, regs.rsp, regs.rflags);
+	printf(" rax 0x%llx rdi 0x%llx\n", regs.rax, regs.rdi);
+	printf("# cr0 0x%llx cr2 0x%llx cr3 0x%llx cr4 0x%llx efer 0x%llx idt 0x%llx/%u\n",
+	       sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.efer,
+	       sregs.idt.base, sregs.idt.limit);
+	printf("# exception %s%s nr %u error 0x%x, interrupt %s, nmi %s, triple fault %s\n",
+	       events.exception.injected ? "injected" : "",
+	       events.exception.pending ? "pending" : "", events.exception.nr,
+	       events.exception.error_code,
+	       events.interrupt.injected ? "injected" : "no",
+	       events.nmi.injected || events.nmi.pending ? "yes" : "no",
+	       events.triple_fault.pending ? "pending" : "no");
+	printf("# last conversion asked: 0x%lx to %s\n", st->hc_gpa,
+	       st->hc_attrs & MAP_GPA_PRIVATE ? "private" : "shared");
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct kvm_vcpu *vcpu = arg;
@@ -181,12 +220,16 @@ static void *vcpu_thread(void *arg)
 		}
 		if (run->exit_reason == KVM_EXIT_HYPERCALL) {
 			TEST_ASSERT_EQ(run->hypercall.nr, KVM_HC_MAP_GPA_RANGE);
+			WRITE_ONCE(st->hc_gpa, run->hypercall.args[0]);
+			WRITE_ONCE(st->hc_attrs, run->hypercall.args[2]);
 			run->hypercall.ret = map_gpa_range(run->hypercall.args[0],
 							   run->hypercall.args[1],
 							   run->hypercall.args[2]);
 			__atomic_add_fetch(&nr_converted, 1, __ATOMIC_RELAXED);
 			continue;
 		}
+		if (run->exit_reason != KVM_EXIT_IO)
+			report_vcpu(vcpu);
 		TEST_ASSERT_KVM_EXIT_REASON(vcpu, KVM_EXIT_IO);
 		if (get_ucall(vcpu, &uc) == UCALL_ABORT)
 			REPORT_GUEST_ASSERT(uc);
@@ -237,12 +280,15 @@ static void join_or_report(pthread_t thread, const char *what, int i)
 	if (!r)
 		return;
 
-	for (j = 0; j < NR_VCPUS; j++)
-		printf("# vCPU %d: %s KVM_RUN, %lu runs, exit %u, errno %d, fault 0x%lx/0x%lx\n",
+	for (j = 0; j < NR_VCPUS; j++) {
+		printf("# vCPU %d: %s KVM_RUN, %lu runs, exit %u, errno %d, fault 0x%lx/0x%lx",
 		       j, READ_ONCE(vcpu_state[j].in_run) ? "in" : "out of",
 		       READ_ONCE(vcpu_state[j].runs), READ_ONCE(vcpu_state[j].exit_reason),
 		       READ_ONCE(vcpu_state[j].err), READ_ONCE(vcpu_state[j].fault_gpa),
 		       READ_ONCE(vcpu_state[j].fault_flags));
+		printf(", last conversion 0x%lx/0x%lx\n",
+		       READ_ONCE(vcpu_state[j].hc_gpa), READ_ONCE(vcpu_state[j].hc_attrs));
+	}
 	for (j = 0; j < NR_PUNCHERS; j++)
 		printf("# host thread %d: %s, %lu calls, last 0x%lx + 0x%lx\n", j,
 		       host_op[READ_ONCE(host_state[j].op)], READ_ONCE(host_state[j].ops),
@@ -263,7 +309,7 @@ static void run_stress(int seconds)
 
 	vm = __vm_create_with_vcpus(shape, NR_VCPUS, 0, guest_code, vcpus);
 	vm_enable_cap(vm, KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE);
-	gmem = vm_create_guest_memfd(vm, DATA_SIZE, GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+	gmem = vm_create_guest_memfd(vm, DATA_SIZE, gmem_flags);
 	vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT,
 		   DATA_SIZE / PAGE_SIZE, KVM_MEM_GUEST_MEMFD, gmem, 0);
 	virt_map(vm, DATA_GPA, DATA_GPA, DATA_SIZE / PAGE_SIZE);
@@ -295,8 +341,8 @@ static void run_stress(int seconds)
 	for (i = 0; i < NR_VCPUS; i++)
 		join_or_report(vcpu_threads[i], "vCPU", i);
 
-	printf("# kp-figure: stress: %d s, %d vCPUs, %d host threads: ",
-	       seconds, NR_VCPUS, NR_PUNCHERS);
+	printf("# kp-figure: stress%s: %d s, %d vCPUs, %d host threads: ",
+	       gmem_flags ? "" : " (plain)", seconds, NR_VCPUS, NR_PUNCHERS);
 	printf("%lu conversions, %lu guest writes, %lu memory-fault exits, ",
 	       nr_converted, nr_touched, nr_memory_faults);
 	printf("%lu punches, %lu fallocates (%lu ENOMEM)\n", nr_punched,
@@ -308,20 +354,31 @@ static void run_stress(int seconds)
 int main(int argc, char *argv[])
 {
 	int seconds = argc > 1 ? atoi(argv[1]) : 20;
-	u64 removed0, restored0, free0, free1, left;
+	bool plain = argc > 2, series;
+	u64 removed0 = 0, restored0 = 0, removed = 0, left = 0, free0, free1;
 	int i;
 	pid_t pid;
 	int status;
 
+	TEST_ASSERT(argc <= 3 && seconds > 0 && (!plain || !strcmp(argv[2], "plain")),
+		    "usage: %s [seconds > 0, default 20] [plain]", argv[0]);
 	TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SW_PROTECTED_VM));
-	TEST_REQUIRE(kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS) &
-		     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
-	TEST_REQUIRE(!access(CACHE_PARAM, W_OK));
+	/* The counters and the cache are there only with the flag's code. */
+	series = !access(CACHE_PARAM, W_OK);
+	if (plain) {
+		gmem_flags = 0;
+	} else {
+		TEST_REQUIRE(kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS) &
+			     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+		TEST_REQUIRE(series);
+	}
 
-	write_file(CACHE_PARAM, "0");
-	write_file(CACHE_PARAM, "16");
-	removed0 = get_vmstat("direct_map_removed");
-	restored0 = get_vmstat("direct_map_restored");
+	if (series) {
+		write_file(CACHE_PARAM, "0");
+		write_file(CACHE_PARAM, "16");
+		removed0 = get_vmstat("direct_map_removed");
+		restored0 = get_vmstat("direct_map_restored");
+	}
 	free0 = get_free_pages();
 
 	pid = fork();
@@ -334,10 +391,12 @@ int main(int argc, char *argv[])
 	TEST_ASSERT(WIFEXITED(status) && !WEXITSTATUS(status),
 		    "the stress failed (status 0x%x)", status);
 
-	/* Empty the cache of free blocks: then every page is restored. */
-	write_file(CACHE_PARAM, "0");
-	left = (get_vmstat("direct_map_removed") - removed0) -
-	       (get_vmstat("direct_map_restored") - restored0);
+	if (series) {
+		/* Empty the cache of free blocks: then every page is restored. */
+		write_file(CACHE_PARAM, "0");
+		removed = get_vmstat("direct_map_removed") - removed0;
+		left = removed - (get_vmstat("direct_map_restored") - restored0);
+	}
 	/* What RCU and the workqueues free late may take a moment. */
 	for (i = 0; i < 10; i++) {
 		free1 = get_free_pages();
@@ -345,11 +404,15 @@ int main(int argc, char *argv[])
 			break;
 		sleep(1);
 	}
-	printf("# kp-figure: stress: %lu pages removed, %lu left out of the direct map; ",
-	       get_vmstat("direct_map_removed") - removed0, left);
+	printf("# kp-figure: stress%s: %lu pages removed, %lu left out of the direct map; ",
+	       plain ? " (plain)" : "", removed, left);
 	printf("free pages %lu before, %lu after\n", free0, free1);
-	write_file(CACHE_PARAM, "16");
+	if (series)
+		write_file(CACHE_PARAM, "16");
 	TEST_ASSERT_EQ(left, 0);
+	/* Without the flag nothing leaves the direct map. */
+	if (plain)
+		TEST_ASSERT_EQ(removed, 0);
 	TEST_ASSERT(free1 + FREE_SLACK >= free0, "%lu pages fewer free",
 		    free0 - free1);
 	return 0;
