@@ -16,7 +16,7 @@ kp_need qemu-system-x86_64:qemu-system-x86 cpio busybox:busybox-static python3
 
 KERNEL=$KP_BUILD/arch/x86/boot/bzImage
 LIST=${KP_SELFTESTS_LIST:-$KP_TOP/configs/selftests.list}
-SELFTESTS=$KP_BUILD/kselftest/kvm
+SELFTESTS=$KP_BUILD/kselftest
 TIMEOUT=${KP_BOOT_TIMEOUT:-1800}
 MEM=${KP_GUEST_MEM:-4G}
 SMP=${KP_GUEST_SMP:-2}
@@ -56,19 +56,22 @@ file -L "$BUSYBOX" 2>/dev/null | grep -q 'statically linked' ||
 kp_timer_start
 root=$KP_RUN/initramfs
 rm -rf "$root"
-mkdir -p "$root"/{bin,dev,proc,sys,tmp,kp/kvm}
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,kp}
 cp "$BUSYBOX" "$root/bin/busybox"
 cp "$KP_TOP/scripts/guest/init" "$root/init"
 mknod -m 600 "$root/dev/console" c 5 1
 mknod -m 666 "$root/dev/null" c 1 3
 grep -v '^#' "$LIST" | awk 'NF' >"$root/kp/tests.list"
 
-# The tests and the shared libraries they load, at the same paths.
+# The tests, a test of tools/testing/selftests/DIR in /kp/DIR (KVM's in
+# /kp/kvm), and the shared libraries they load, at the same paths.
 while read -r t _; do
-	[ -x "$SELFTESTS/$t" ] || kp_die "selftest $t not built (run scripts/kp selftests)"
-	mkdir -p "$root/kp/kvm/$(dirname "$t")"
-	cp "$SELFTESTS/$t" "$root/kp/kvm/$t"
-	ldd "$SELFTESTS/$t" | grep -oE '/[^ ]+' | while read -r lib; do
+	kp_selftest "$t"
+	bin=$SELFTESTS/$kp_dir/$kp_prog
+	[ -x "$bin" ] || kp_die "selftest $t not built (run scripts/kp selftests)"
+	mkdir -p "$root/kp/$kp_dir/$(dirname "$kp_prog")"
+	cp "$bin" "$root/kp/$kp_dir/$kp_prog"
+	ldd "$bin" | grep -oE '/[^ ]+' | while read -r lib; do
 		mkdir -p "$root$(dirname "$lib")"
 		cp -L "$lib" "$root$lib"
 	done

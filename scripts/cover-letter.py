@@ -39,7 +39,9 @@ def counts(path):
             continue
         name = line.split(' ', 2)[1].rstrip('\n')
         kind, _, rest = name.partition(':')
-        group = kind + ':' + rest.split('/')[0] if kind in ('kunit', 'kvm') else name
+        # A KUnit suite, a selftest (kvm:..., mm:memfd_secret) or a check
+        # of the run (kp:console-clean).
+        group = kind + ':' + rest.split('/')[0] if rest else name
         if kind == 'kvm' and rest.startswith('x86/'):
             group = kind + ':' + '/'.join(rest.split('/')[:2])
         groups.setdefault(group, collections.Counter())[word] += 1

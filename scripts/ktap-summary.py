@@ -2,14 +2,15 @@
 # SPDX-License-Identifier: GPL-2.0
 """Count the results of a kvm-protmem test run.
 
-Reads the KTAP document the guest wrote (KUnit suites and KVM selftests,
+Reads the KTAP document the guest wrote (KUnit suites and selftests,
 nested by indentation) and the kernel console log.  Prints one line per
 test (PASS/FAIL/SKIP and its path) and ends with the line
 
     N passed, N failed, N skipped
 
-Leaves are counted: a KUnit case, a kselftest_harness case, or a selftest
-that prints no KTAP of its own.  A parent that failed although none of its
+Leaves are counted: a KUnit case, a result of a selftest that prints KTAP
+of its own (a kselftest_harness case, one of memfd_secret's checks), or a
+selftest that prints none.  A parent that failed although none of its
 children did (a crash after the last case, a timeout) counts as one more
 failure.  Two checks of the run itself are counted as tests too:
 kp:guest-finished (the guest reached the end of its init) and
@@ -62,7 +63,10 @@ def parse(lines, depth):
         ind = indent_of(line)
         m = RESULT.match(line[ind:])
         if ind == depth and m:
-            t = Test((m.group('name') or '').strip(), m.group('ok') == 'ok', m.group('dir'))
+            # A result without a name ("ok 1 # SKIP ...", as kselftest.h's
+            # ksft_exit_skip() prints it) is named by its number.
+            name = (m.group('name') or '').strip() or m.group('num')
+            t = Test(name, m.group('ok') == 'ok', m.group('dir'))
             if any(VERSION.match(p.strip()) for p in pending if indent_of(p) >= depth + 4):
                 t.children = parse(pending, depth + 4)
             tests.append(t)
@@ -127,10 +131,16 @@ def main():
         walk(t, '', results)
 
     plan = next((int(m.group(1)) for m in map(PLAN.match, lines) if m), None)
+    # "# kp: running NAME" names the test by its KTAP name, DIR:PROGRAM ARGS;
+    # the KTAP of runs from before other directories' tests joined the KVM
+    # selftests has the KVM path alone.
     running = [l[len('# kp: running '):] for l in lines if l.startswith('# kp: running ')]
-    if running and not any(t.name == 'kvm:' + running[-1] for t in top):
-        results.append(('FAIL', 'kvm:' + running[-1], 'no result: the guest hung or crashed while it ran'))
-        top.append(Test('kvm:' + running[-1], False, None))
+    last = running[-1] if running else ''
+    if last and ':' not in last.split(' ')[0]:
+        last = 'kvm:' + last
+    if last and not any(t.name == last for t in top):
+        results.append(('FAIL', last, 'no result: the guest hung or crashed while it ran'))
+        top.append(Test(last, False, None))
     if plan is not None and len(top) < plan:
         results.append(('FAIL', 'kp:all-results-reported',
                         '%d of %d results missing' % (plan - len(top), plan)))

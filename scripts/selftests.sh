@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Build the KVM selftests named in configs/selftests.list, and the test
-# programs the series adds to Makefile.kvm (run or not), against the UAPI
-# headers of $KP_BUILD, into $KP_BUILD/kselftest/kvm.  Only those tests (and
-# libkvm) are built; "make kselftest TARGETS=kvm" builds them all.
+# Build the selftests named in configs/selftests.list, and the test programs
+# the series adds to Makefile.kvm (run or not), against the UAPI headers of
+# $KP_BUILD, into $KP_BUILD/kselftest/<dir>: the KVM selftests into
+# $KP_BUILD/kselftest/kvm, a test of another directory (mm:memfd_secret)
+# with that directory's kselftest makefile into $KP_BUILD/kselftest/mm.
+# Only those tests (and libkvm) are built; "make kselftest TARGETS=kvm"
+# builds them all.
 KP_STEP=selftests
 . "$(dirname "$0")/lib/common.sh"
 
@@ -13,12 +16,20 @@ kp_need gcc make
 [ -f "$KP_BUILD/usr/include/linux/kvm.h" ] || kp_die "no UAPI headers in $KP_BUILD/usr/include (run scripts/kp build)"
 
 LIST=${KP_SELFTESTS_LIST:-$KP_TOP/configs/selftests.list}
-OUT=$KP_BUILD/kselftest/kvm
-targets=$(awk '!/^#/ && NF { print "'"$OUT"'/" $1 }' "$LIST" | sort -u | xargs)
-[ -n "$targets" ] || kp_die "no tests in $LIST"
+SRC=$KP_LINUX/tools/testing/selftests
+# The programs to build, per directory below tools/testing/selftests.
+declare -A targets=()
+while read -r t _; do
+	kp_selftest "$t"
+	if [ -z "$kp_dir" ] || [ -z "$kp_prog" ] || [ ! -f "$SRC/$kp_dir/Makefile" ]; then
+		kp_die "$LIST: '$t' is not DIR:PROGRAM of a directory below tools/testing/selftests with a Makefile" "$LIST"
+	fi
+	targets[$kp_dir]+=" $KP_BUILD/kselftest/$kp_dir/$kp_prog"
+done < <(awk '!/^#/ && NF' "$LIST")
+[ ${#targets[@]} -gt 0 ] || kp_die "no tests in $LIST"
 
 kp_timer_start
-mkdir -p "$OUT"
+OUT=$KP_BUILD/kselftest/kvm
 # The test sources the series adds or changes are compiled every time, so
 # that their warnings show (and fail this step) even when nothing changed.
 ours=$(git -C "$KP_LINUX" diff --name-only kp-base -- 'tools/testing/selftests/kvm/*.c') ||
@@ -29,17 +40,40 @@ for f in $ours; do touch "$KP_LINUX/$f"; done
 added=$(git -C "$KP_LINUX" diff kp-base -- tools/testing/selftests/kvm/Makefile.kvm) ||
 	kp_die "cannot read the series' change to Makefile.kvm"
 for t in $(sed -n 's/^+TEST_GEN_PROGS_[a-z0-9_]* *+= *//p' <<<"$added"); do
-	case " $targets " in *" $OUT/$t "*) ;; *) targets="$targets $OUT/$t" ;; esac
+	targets[kvm]+=" $OUT/$t"
 done
-# shellcheck disable=SC2086
-if ! kp_log make -C "$KP_LINUX/tools/testing/selftests/kvm" -j"$KP_JOBS" ARCH=x86_64 \
-	OUTPUT="$OUT" KHDR_INCLUDES="-isystem $KP_BUILD/usr/include" $targets; then
-	grep -E 'error:|Error [0-9]|No rule' "$KP_LOGS/selftests.log" | head -n 20 | sed 's/^/  /' >&2
-	kp_die "selftest build failed"
-fi
-warnings=$(for f in $ours; do grep -F "$(basename "$f"):" "$KP_LOGS/selftests.log" | grep -E 'warning:'; done)
+# Each directory is built by its own kselftest makefile (mm's writes its
+# probe of the libraries, local_config.mk, next to its sources), and only
+# the programs named: the whole mm suite is some 50 programs.
+n=0
+for d in $(printf '%s\n' "${!targets[@]}" | LC_ALL=C sort); do
+	progs=$(tr ' ' '\n' <<<"${targets[$d]}" | awk NF | LC_ALL=C sort -u | xargs)
+	n=$((n + $(wc -w <<<"$progs")))
+	mkdir -p "$KP_BUILD/kselftest/$d"
+	# shellcheck disable=SC2086
+	if ! kp_log make -C "$SRC/$d" -j"$KP_JOBS" ARCH=x86_64 OUTPUT="$KP_BUILD/kselftest/$d" \
+		KHDR_INCLUDES="-isystem $KP_BUILD/usr/include" $progs; then
+		grep -E 'error:|Error [0-9]|No rule' "$KP_LOGS/selftests.log" | head -n 20 | sed 's/^/  /' >&2
+		kp_die "selftest build failed (tools/testing/selftests/$d)"
+	fi
+done
+# A warning counts when it is in one of those sources, or in a header that
+# one of them includes (gcc names the header, e.g. kselftest_harness.h for a
+# macro, after a line "In file included from SOURCE" or "SOURCE: In
+# function").
+names=$(for f in $ours; do basename "$f"; done | xargs)
+warnings=$(awk -v names=" $names " '
+	/^In file included from [^ :]+\.c:/ { u = $5; sub(/:.*/, "", u) }
+	/^[^ :]+\.c: In function/ { u = $1; sub(/:.*/, "", u) }
+	/warning:/ {
+		f = $1; sub(/:.*/, "", f)
+		if (f ~ /\.c$/) u = f
+		b = u; sub(/.*\//, "", b)
+		if (b != "" && index(names, " " b " ")) print
+	}' "$KP_LOGS/selftests.log")
 if [ -n "$warnings" ]; then
 	echo "$warnings" | head -n 20 | sed 's/^/  /' >&2
 	kp_die "warnings in the series' selftests"
 fi
-kp_say "built $(echo $targets | wc -w) tests in $OUT ($(kp_timer_end)s; $(echo $ours | wc -w) of the series' sources compiled afresh, no warnings)"
+dirs=$(printf '%s\n' "${!targets[@]}" | LC_ALL=C sort | xargs | tr ' ' ,)
+kp_say "built $n tests in $KP_BUILD/kselftest/{$dirs} ($(kp_timer_end)s; $(echo $ours | wc -w) of the series' sources compiled afresh, no warnings)"

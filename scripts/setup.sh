@@ -5,7 +5,8 @@
 # Idempotent: a second run installs nothing and takes seconds.
 #
 #   - Debian packages (rustc-web & co from bookworm-security, clang/LLVM 19,
-#     QEMU, busybox-static, build tools);
+#     QEMU, busybox-static, build tools; libcap-dev, which mm's memfd_secret
+#     selftest links with);
 #   - bindgen-cli from crates.io (cargo install --locked), at least 0.71.1;
 #   - the apt suite that carries the base's linux-source (trixie-backports, else
 #     sid), with pin priority 50 so that nothing else is taken from it.
@@ -18,7 +19,7 @@ KP_STEP=setup
 KP_PACKAGES="rustc-web rust-web-src rustfmt-web rust-web-clippy cargo-web
 clang-19 lld-19 llvm-19 libclang-19-dev
 qemu-system-x86 busybox-static cpio
-make gcc libc6-dev bc flex bison libelf-dev libssl-dev ccache rsync
+make gcc libc6-dev libcap-dev bc flex bison libelf-dev libssl-dev ccache rsync
 python3 python3-docutils python3-sphinx xz-utils git kmod perl"
 KP_BINDGEN_MIN=0.71.1
 

@@ -501,7 +501,8 @@ bool direct_map_check_free(struct page *page, unsigned int order)
 {
 	unsigned long i;
 
-	if (PageHighMem(page))
+	/* The pool takes it back, out of the direct map. */
+	if (PageHighMem(page) || direct_map_pool_page(page))
 		return true;
 
 	for (i = 0; i < (1UL << order); i++) {

@@ -74,6 +74,20 @@ kp_log() {
 kp_timer_start() { KP_T0=$(date +%s); }
 kp_timer_end() { echo $(($(date +%s) - KP_T0)); }
 
+# kp_selftest NAME: split a test's name in configs/selftests.list into
+# kp_dir, its directory below tools/testing/selftests, and kp_prog, the
+# program in it.  "DIR:PROGRAM" (mm:memfd_secret) names a test of any
+# directory; a name without a colon is a KVM selftest, as the list's lines
+# were before other directories' tests joined it.  scripts/guest/init splits
+# the names the same way.
+# shellcheck disable=SC2034 # kp_dir and kp_prog are the caller's
+kp_selftest() {
+	case $1 in
+	*:*) kp_dir=${1%%:*} kp_prog=${1#*:} ;;
+	*) kp_dir=kvm kp_prog=$1 ;;
+	esac
+}
+
 # Make flags for every kernel build step.
 kp_make_flags() {
 	echo "-C $KP_LINUX O=$KP_BUILD ARCH=x86_64 LLVM=$KP_LLVM -j$KP_JOBS"

@@ -56,6 +56,11 @@ void direct_map_restore(struct page *page, unsigned long nr);
 bool direct_map_page_present(struct page *page);
 bool direct_map_has_hwpoison(struct page *page, unsigned long nr);
 bool direct_map_removal_active(void);
+int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
+			  struct page **pagep);
+int direct_map_alloc_block(struct direct_map_batch *batch, gfp_t gfp, int nid,
+			   struct page **pagep);
+bool direct_map_pool_owns(struct page *page);
 #else
 static inline int direct_map_batch_remove(struct direct_map_batch *batch,
 					  struct page *page, unsigned long nr)
@@ -98,6 +103,23 @@ static inline bool direct_map_has_hwpoison(struct page *page, unsigned long nr)
 }
 
 static inline bool direct_map_removal_active(void)
+{
+	return false;
+}
+
+static inline int direct_map_alloc_page(struct direct_map_batch *batch,
+					gfp_t gfp, int nid, struct page **pagep)
+{
+	return -EOPNOTSUPP;
+}
+
+static inline int direct_map_alloc_block(struct direct_map_batch *batch,
+					 gfp_t gfp, int nid, struct page **pagep)
+{
+	return -EOPNOTSUPP;
+}
+
+static inline bool direct_map_pool_owns(struct page *page)
 {
 	return false;
 }

@@ -1788,7 +1788,7 @@ TEST_F_TIMEOUT(block_cache, hotplugged_memory, 300)
 	for (i = h.nr - 1; i >= 0 && !gone; i--)
 		if (set_block_state(h.dimm[i].block, "offline", 1))
 			gone = &h.dimm[i];
-	ASSERT_TRUE(gone) TH_LOG("no memory device of the range goes offline");
+	ASSERT_NE(gone, NULL) TH_LOG("no memory device of the range goes offline");
 	snprintf(path, sizeof(path), ACPI_DEVICES "%s/eject", gone->name);
 	write_file(path, "1");
 	snprintf(path, sizeof(path), MEMORY_DIR "memory%d", gone->block);
