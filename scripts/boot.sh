@@ -105,7 +105,9 @@ fi
 kp_say "boot + tests took ${secs}s"
 
 KP_STEP=results
+# shellcheck disable=SC2046
 python3 "$KP_TOP/scripts/ktap-summary.py" --finished "$finished" \
+	$(awk '!/^#/ && NF { print "--no-skip", $1 }' "$KP_TOP/configs/no-skip.list") \
 	--console "$KP_RUN/console.log" "$KP_RUN/results.ktap" | tee "$KP_RUN/summary.txt"
 src=${PIPESTATUS[0]}
 # The fragmentation benchmark's figures, when it ran: CSV, table and plot.

@@ -51,26 +51,28 @@ for d in $(printf '%s\n' "${!targets[@]}" | LC_ALL=C sort); do
 	n=$((n + $(wc -w <<<"$progs")))
 	mkdir -p "$KP_BUILD/kselftest/$d"
 	# shellcheck disable=SC2086
-	if ! kp_log make -C "$SRC/$d" -j"$KP_JOBS" ARCH=x86_64 OUTPUT="$KP_BUILD/kselftest/$d" \
+	# -Otarget keeps each compiler's diagnostics together, after its
+	# command line, for the warning check below.
+	if ! kp_log make -C "$SRC/$d" -j"$KP_JOBS" -Otarget ARCH=x86_64 OUTPUT="$KP_BUILD/kselftest/$d" \
 		KHDR_INCLUDES="-isystem $KP_BUILD/usr/include" $progs; then
 		grep -E 'error:|Error [0-9]|No rule' "$KP_LOGS/selftests.log" | head -n 20 | sed 's/^/  /' >&2
 		kp_die "selftest build failed (tools/testing/selftests/$d)"
 	fi
 done
-# A warning counts when it is in one of those sources, or in a header that
-# one of them includes (gcc names the header, e.g. kselftest_harness.h for a
-# macro, after a line "In file included from SOURCE" or "SOURCE: In
-# function").
+# A warning counts when it comes from compiling one of those sources,
+# wherever gcc places it (the source, or a header it includes, e.g.
+# kselftest_harness.h for a macro): the diagnostics of a compilation follow
+# its command line ("gcc ... -c SOURCE -o ..."), kept together by -Otarget;
+# those after any other command (a link) belong to no source.
 names=$(for f in $ours; do basename "$f"; done | xargs)
 warnings=$(awk -v names=" $names " '
-	/^In file included from [^ :]+\.c:/ { u = $5; sub(/:.*/, "", u) }
-	/^[^ :]+\.c: In function/ { u = $1; sub(/:.*/, "", u) }
-	/warning:/ {
-		f = $1; sub(/:.*/, "", f)
-		if (f ~ /\.c$/) u = f
-		b = u; sub(/.*\//, "", b)
-		if (b != "" && index(names, " " b " ")) print
-	}' "$KP_LOGS/selftests.log")
+	/^(gcc|cc|clang)[^ ]* / {
+		u = ""
+		for (i = 2; i < NF; i++)
+			if ($i == "-c") { u = $(i + 1); sub(/.*\//, "", u) }
+		next
+	}
+	/warning:/ && u != "" && index(names, " " u " ")' "$KP_LOGS/selftests.log")
 if [ -n "$warnings" ]; then
 	echo "$warnings" | head -n 20 | sed 's/^/  /' >&2
 	kp_die "warnings in the series' selftests"

@@ -60,6 +60,15 @@ bool direct_map_removal_active(void)
 	return atomic_long_read(&direct_map_nr_removed) > 0;
 }
 
+/*
+ * The direct-map pool's free blocks do not count: it gives them back before
+ * hibernation (mm/direct_map_pool.c).
+ */
+void direct_map_account_pool(long nr)
+{
+	atomic_long_add(nr, &direct_map_nr_removed);
+}
+
 #ifdef CONFIG_FAIL_DIRECT_MAP
 static DECLARE_FAULT_ATTR(fail_direct_map);
 

@@ -17,17 +17,18 @@
  *   page (the page cache at truncation, the last put_page() of a pin) needs
  *   to know nothing about the pool.
  *
- * - Pages are reused without a removal or a TLB flush: a page that comes
- *   back dirty is zeroed through a temporary mapping before it is handed out
- *   again (direct_map_batch_zero()), and a block whose pages have all come
- *   back is zeroed by a worker and kept whole, up to a limit.
+ * - Pages are reused without a removal: a page that comes back is zeroed
+ *   through a temporary mapping by a worker soon after (one flush per run),
+ *   or, if it is asked for first, on the spot (direct_map_batch_zero(), the
+ *   caller's flush); a block whose pages have all come back is kept whole,
+ *   zeroed, up to a limit.
  *
  * - Nothing is restored or collapsed in the free path or in reclaim: the
- *   free path only marks the page free, under a spinlock; a worker, in
- *   process context and outside reclaim, zeroes blocks, and restores and
- *   frees those the pool does not keep (over the limit, asked for by the
- *   shrinker, with hardware poison, or in a pageblock being isolated for
- *   memory offlining).
+ *   free path only marks the page free, under a spinlock, in any context but
+ *   NMI; the worker, in process context and outside reclaim, zeroes, and
+ *   restores and frees the blocks the pool does not keep (over the limit,
+ *   asked for by the shrinker or hibernation, with hardware poison, or in a
+ *   pageblock being isolated for offlining or a contiguous allocation).
  *
  * Free pages of the pool have a reference count of zero, like free pages of
  * the page allocator, so that a speculative reference (folio_try_get())
@@ -46,8 +47,10 @@
 #include <linux/page-isolation.h>
 #include <linux/set_memory.h>
 #include <linux/shrinker.h>
+#include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/suspend.h>
 #include <linux/vmstat.h>
 #include <linux/workqueue.h>
 #include <linux/xarray.h>
@@ -59,11 +62,18 @@ DEFINE_STATIC_KEY_FALSE(direct_map_pool_used);
 
 /* Where a block is. */
 enum dm_block_state {
-	DM_BLOCK_USED,		/* every page in use (or poisoned): on no list */
+	DM_BLOCK_USED,		/* no clean page to hand out: on no list */
 	DM_BLOCK_PARTIAL,	/* some pages free: on its node's partial list */
 	DM_BLOCK_FREE,		/* every page free and zeroed: on a free list */
-	DM_BLOCK_WORK,		/* every page free: the worker's */
+	DM_BLOCK_WORK,		/* every page back: the worker's */
 };
+
+/*
+ * A block whose pages are all back but at most this many, each held for
+ * good because it has hardware poison (memory_failure() keeps a reference),
+ * is complete: the pool releases the rest.
+ */
+#define DM_POISON_SCAN	16
 
 /**
  * struct dm_block - A pageblock of the pool
@@ -71,12 +81,17 @@ enum dm_block_state {
  * @pfn: first page frame of the block
  * @nid: node of the block
  * @state: where the block is
- * @poisoned: a page of the block has hardware poison: never hand out another
- * @nr_free: pages of the block that are in the pool (not in use)
+ * @poisoned: a page of the block has hardware poison: hand out no other
+ * @release: give the block back to the page allocator once it is complete
+ *           (its pageblock is being isolated, or it is poisoned)
+ * @nr_free: pages of the block that are in the pool
+ * @nr_zeroing: free pages the worker took to zero them
  * @bits: two bitmaps of pageblock_nr_pages bits: which pages are free, and
- *        which free pages need zeroing before they are handed out again
+ *        which free pages need zeroing before they are handed out
  *
- * Protected by dm_pool.lock, except @pfn and @nid, which never change.
+ * Protected by dm_pool.lock, except @pfn and @nid, which never change.  Only
+ * the worker frees a block, once every page is back: nothing else can then
+ * reach it through a page.
  */
 struct dm_block {
 	struct list_head list;
@@ -84,21 +99,25 @@ struct dm_block {
 	int nid;
 	enum dm_block_state state;
 	bool poisoned;
+	bool release;
 	unsigned int nr_free;
+	unsigned int nr_zeroing;
 	unsigned long bits[];
 };
 
 static struct {
-	/* Taken in the free path, which may run in any context. */
+	/* Taken in the free path, with interrupts off; never in NMI. */
 	spinlock_t lock;
 	/* Per node: blocks with free pages, blocks entirely free. */
 	struct list_head *partial;
 	struct list_head *free;
-	/* Blocks that came back entirely, for the worker. */
+	/* Blocks whose pages are all back, for the worker. */
 	struct list_head work;
 	unsigned long nr_free_blocks;
-	/* Free blocks the worker is asked to release (shrinker, offlining). */
+	/* Free blocks the worker is asked to release (shrinker). */
 	unsigned long nr_to_release;
+	/* Keep no free block (hibernation in progress). */
+	bool no_keep;
 } dm_pool = {
 	.lock = __SPIN_LOCK_UNLOCKED(dm_pool.lock),
 	.work = LIST_HEAD_INIT(dm_pool.work),
@@ -112,6 +131,18 @@ static unsigned int dm_pool_max_free_blocks = 16;
 
 static void dm_pool_worker(struct work_struct *work);
 static DECLARE_WORK(dm_pool_work, dm_pool_worker);
+
+/*
+ * The pool works in pageblocks of at most 2 MiB that the direct map maps
+ * with one PMD at most: larger pageblocks (4 MiB without THP and HugeTLB,
+ * 32 MiB and more with larger base pages) would pin too much per page.
+ */
+static bool dm_pool_usable(void)
+{
+	return dm_pool.partial && can_set_direct_map() &&
+	       pageblock_order <= PMD_ORDER &&
+	       (PAGE_SIZE << pageblock_order) <= SZ_2M;
+}
 
 static unsigned long *dm_free_bits(struct dm_block *b)
 {
@@ -128,7 +159,6 @@ static struct page *dm_block_page(struct dm_block *b, unsigned long i)
 	return pfn_to_page(b->pfn + i);
 }
 
-/* Isolated for memory offlining or a contiguous allocation: give it back. */
 static bool dm_block_isolated(struct dm_block *b)
 {
 	return get_pageblock_isolate(dm_block_page(b, 0));
@@ -139,18 +169,77 @@ static void dm_pool_kick(void)
 	queue_work(system_dfl_wq, &dm_pool_work);
 }
 
+/* A free block leaves, or joins, the free lists (and the removed count). */
+static void dm_block_leave_free(struct dm_block *b)
+{
+	lockdep_assert_held(&dm_pool.lock);
+	dm_pool.nr_free_blocks--;
+	direct_map_account_pool(pageblock_nr_pages);
+}
+
+static void dm_block_join_free(struct dm_block *b)
+{
+	lockdep_assert_held(&dm_pool.lock);
+	list_move_tail(&b->list, &dm_pool.free[b->nid]);
+	b->state = DM_BLOCK_FREE;
+	dm_pool.nr_free_blocks++;
+	direct_map_account_pool(-(long)pageblock_nr_pages);
+}
+
+/*
+ * Whether every page of the block is back, but for a few that hardware
+ * poison holds for good.
+ */
+static bool dm_block_complete(struct dm_block *b)
+{
+	unsigned long i;
+
+	if (b->nr_free == pageblock_nr_pages)
+		return true;
+	if (b->nr_free + b->nr_zeroing + DM_POISON_SCAN < pageblock_nr_pages ||
+	    b->nr_zeroing)
+		return false;
+	for_each_clear_bit(i, dm_free_bits(b), pageblock_nr_pages)
+		if (!PageHWPoison(dm_block_page(b, i)))
+			return false;
+	b->poisoned = true;
+	return true;
+}
+
+/* After pages came back: put the block where it now belongs. */
+static bool dm_block_settle(struct dm_block *b)
+{
+	lockdep_assert_held(&dm_pool.lock);
+
+	if (b->state == DM_BLOCK_WORK)
+		return false;
+	if (dm_block_complete(b)) {
+		list_move_tail(&b->list, &dm_pool.work);
+		b->state = DM_BLOCK_WORK;
+		return true;
+	}
+	if (b->poisoned || b->release) {
+		list_del_init(&b->list);
+		b->state = DM_BLOCK_USED;
+	} else if (b->state == DM_BLOCK_USED && b->nr_free) {
+		list_add_tail(&b->list, &dm_pool.partial[b->nid]);
+		b->state = DM_BLOCK_PARTIAL;
+	}
+	return false;
+}
+
 /*
  * Called by the page allocator's free path for a page of a pool block, in
- * any context, after the page's state has been reset as for any freed page.
- * A page with hardware poison comes here too (@poisoned): the pool counts it
- * as back, and never hands it out or maps it again.
+ * any context but NMI, after the page's state has been reset as for any
+ * freed page.  A page with hardware poison comes here too (@poisoned): the
+ * pool counts it as back, and never hands it out or maps it again.
  */
 void direct_map_pool_free(struct page *page, unsigned int order, bool poisoned)
 {
 	unsigned long pfn = page_to_pfn(page), flags, i, off;
 	unsigned long nr = 1UL << order;
 	struct dm_block *b;
-	bool kick = false;
+	bool kick;
 
 	b = xa_load(&dm_blocks, pfn >> pageblock_order);
 	if (WARN_ON_ONCE(!b)) {
@@ -161,34 +250,61 @@ void direct_map_pool_free(struct page *page, unsigned int order, bool poisoned)
 
 	spin_lock_irqsave(&dm_pool.lock, flags);
 	for (i = off; i < off + nr; i++) {
-		if (WARN_ON_ONCE(__test_and_set_bit(i, dm_free_bits(b))))
-			continue;
-		if (!poisoned)
-			__set_bit(i, dm_dirty_bits(b));
-		b->nr_free++;
-	}
-	if (poisoned && !b->poisoned) {
-		b->poisoned = true;
-		if (b->state == DM_BLOCK_PARTIAL) {
-			list_del_init(&b->list);
-			b->state = DM_BLOCK_USED;
+		if (WARN_ON_ONCE(test_bit(i, dm_free_bits(b)))) {
+			/* Freed twice: leave the block as it is. */
+			spin_unlock_irqrestore(&dm_pool.lock, flags);
+			return;
 		}
 	}
-	if (b->nr_free == pageblock_nr_pages) {
-		list_move_tail(&b->list, &dm_pool.work);
-		b->state = DM_BLOCK_WORK;
-		kick = true;
-	} else if (b->state == DM_BLOCK_USED && !b->poisoned) {
-		list_add_tail(&b->list, &dm_pool.partial[b->nid]);
-		b->state = DM_BLOCK_PARTIAL;
-	}
+	bitmap_set(dm_free_bits(b), off, nr);
+	if (!poisoned)
+		bitmap_set(dm_dirty_bits(b), off, nr);
+	b->nr_free += nr;
+	if (poisoned)
+		b->poisoned = true;
+	dm_block_settle(b);
+	/* The worker zeroes what came back, soon: secrets do not linger. */
+	kick = !poisoned || b->state == DM_BLOCK_WORK;
 	spin_unlock_irqrestore(&dm_pool.lock, flags);
 
 	if (kick)
 		dm_pool_kick();
 }
 
-/* Mark the pageblock(s) of a block as the pool's, or give them back. */
+/*
+ * Called when the page allocator isolates the pageblock of a pool page (for
+ * memory offlining or a contiguous allocation), under the zone's lock.  A
+ * block that is complete, or free, is given back: the worker maps it again
+ * and frees it into the isolated pageblock.  Any other is unmovable.
+ */
+bool direct_map_pool_isolate(struct page *page)
+{
+	unsigned long pfn = page_to_pfn(page), flags;
+	struct dm_block *b;
+	bool movable = true;
+
+	b = xa_load(&dm_blocks, pfn >> pageblock_order);
+	/* Being released: its pages are on their way to the free lists. */
+	if (!b)
+		return true;
+
+	spin_lock_irqsave(&dm_pool.lock, flags);
+	b->release = true;
+	if (b->state == DM_BLOCK_FREE) {
+		dm_block_leave_free(b);
+		list_move_tail(&b->list, &dm_pool.work);
+		b->state = DM_BLOCK_WORK;
+	} else if (b->state != DM_BLOCK_WORK && !dm_block_settle(b)) {
+		movable = false;
+	}
+	spin_unlock_irqrestore(&dm_pool.lock, flags);
+
+	if (movable)
+		dm_pool_kick();
+	return movable;
+}
+
+/* Mark the pageblock of a block as the pool's, or give it back. */
 static void dm_block_mark(struct dm_block *b, bool pool)
 {
 	struct page *page = dm_block_page(b, 0);
@@ -200,9 +316,9 @@ static void dm_block_mark(struct dm_block *b, bool pool)
 }
 
 /*
- * Restore the block's pages and free them to the page allocator, except
- * pages with hardware poison, which stay out of the direct map and out of
- * use.  The block is the caller's: every page is back, and it is on no list.
+ * Restore the block's pages and free them to the page allocator, zeroed,
+ * except pages with hardware poison, which stay out of the direct map and
+ * out of use.  The block is the worker's: it is complete and on no list.
  */
 static void dm_block_release(struct dm_block *b)
 {
@@ -217,7 +333,8 @@ static void dm_block_release(struct dm_block *b)
 	for (i = 0; i < pageblock_nr_pages; i++) {
 		struct page *page = dm_block_page(b, i);
 
-		if (PageHWPoison(page))
+		/* Poisoned, or held by memory_failure(): never freed here. */
+		if (PageHWPoison(page) || !test_bit(i, dm_free_bits(b)))
 			continue;
 		/* A page next to a poisoned one whose restore failed. */
 		if (poison && !direct_map_page_present(page))
@@ -231,39 +348,38 @@ static void dm_block_release(struct dm_block *b)
 	kfree(b);
 }
 
-/* Zero the dirty pages of a block through temporary mappings. */
-static int dm_block_zero(struct direct_map_batch *batch, struct dm_block *b)
+/* Zero the pages of @bits of a block through temporary mappings. */
+static int dm_block_zero(struct direct_map_batch *batch, struct dm_block *b,
+			 unsigned long *bits)
 {
-	unsigned long *dirty = dm_dirty_bits(b);
 	unsigned long start, end;
 	int ret;
 
-	for_each_set_bitrange(start, end, dirty, pageblock_nr_pages) {
+	for_each_set_bitrange(start, end, bits, pageblock_nr_pages) {
 		ret = direct_map_batch_zero(batch, dm_block_page(b, start),
 					    end - start);
 		if (ret)
 			return ret;
 	}
-	bitmap_zero(dirty, pageblock_nr_pages);
 	return 0;
 }
 
-/* Take a free block for release, as the shrinker or offlining asked. */
+/* Take a free block for release, if the shrinker or hibernation asks. */
 static struct dm_block *dm_pool_take_free_to_release(void)
 {
 	struct dm_block *b;
 	int nid;
 
-	guard(spinlock_irqsave)(&dm_pool.lock);
+	guard(spinlock_irq)(&dm_pool.lock);
 	for_each_node(nid) {
 		list_for_each_entry(b, &dm_pool.free[nid], list) {
-			if (!dm_pool.nr_to_release &&
+			if (!dm_pool.nr_to_release && !dm_pool.no_keep &&
 			    dm_pool.nr_free_blocks <= dm_pool_max_free_blocks &&
 			    !dm_block_isolated(b))
 				continue;
+			dm_block_leave_free(b);
 			list_del_init(&b->list);
 			b->state = DM_BLOCK_WORK;
-			dm_pool.nr_free_blocks--;
 			if (dm_pool.nr_to_release)
 				dm_pool.nr_to_release--;
 			return b;
@@ -274,42 +390,103 @@ static struct dm_block *dm_pool_take_free_to_release(void)
 }
 
 /*
- * Process context, outside reclaim: zero the blocks that came back whole and
- * keep them, or restore and free them; then release free blocks over the
- * limit, asked for by the shrinker, or in pageblocks being offlined.
+ * Take the dirty free pages of a block that still has pages in use, to zero
+ * them; the allocators do not hand out pages the worker holds.
+ */
+static struct dm_block *dm_pool_take_dirty(unsigned long *bits)
+{
+	struct dm_block *b;
+	int nid;
+
+	guard(spinlock_irq)(&dm_pool.lock);
+	for_each_node(nid) {
+		list_for_each_entry(b, &dm_pool.partial[nid], list) {
+			unsigned long *dirty = dm_dirty_bits(b);
+
+			if (bitmap_empty(dirty, pageblock_nr_pages))
+				continue;
+			bitmap_copy(bits, dirty, pageblock_nr_pages);
+			bitmap_andnot(dm_free_bits(b), dm_free_bits(b), bits,
+				      pageblock_nr_pages);
+			bitmap_zero(dirty, pageblock_nr_pages);
+			b->nr_zeroing = bitmap_weight(bits, pageblock_nr_pages);
+			b->nr_free -= b->nr_zeroing;
+			if (!b->nr_free) {
+				list_del_init(&b->list);
+				b->state = DM_BLOCK_USED;
+			}
+			return b;
+		}
+	}
+	return NULL;
+}
+
+/* Give back the pages dm_pool_take_dirty() took; @zeroed says if they are. */
+static void dm_pool_put_zeroed(struct dm_block *b, unsigned long *bits,
+			       bool zeroed)
+{
+	guard(spinlock_irq)(&dm_pool.lock);
+	bitmap_or(dm_free_bits(b), dm_free_bits(b), bits, pageblock_nr_pages);
+	if (!zeroed)
+		bitmap_or(dm_dirty_bits(b), dm_dirty_bits(b), bits,
+			  pageblock_nr_pages);
+	b->nr_free += b->nr_zeroing;
+	b->nr_zeroing = 0;
+	dm_block_settle(b);
+}
+
+/*
+ * Process context, outside reclaim: zero the pages that came back; keep the
+ * blocks that came back whole, or restore and free them; then release free
+ * blocks over the limit, or asked for by the shrinker or hibernation.
  */
 static void dm_pool_worker(struct work_struct *work)
 {
+	unsigned long *bits = bitmap_alloc(pageblock_nr_pages, GFP_KERNEL);
 	struct direct_map_batch batch;
 	struct dm_block *b, *tmp;
 	LIST_HEAD(blocks);
 	LIST_HEAD(keep);
+	LIST_HEAD(zeroed);
+	bool ok;
+
+	direct_map_batch_init(&batch);
+
+	/* Pages of blocks in use; without memory for the bitmap, later. */
+	while (bits && (b = dm_pool_take_dirty(bits))) {
+		ok = !dm_block_zero(&batch, b, bits);
+		direct_map_batch_flush(&batch);
+		dm_pool_put_zeroed(b, bits, ok);
+		if (!ok)
+			break;
+		cond_resched();
+	}
+	bitmap_free(bits);
 
 	spin_lock_irq(&dm_pool.lock);
 	list_splice_init(&dm_pool.work, &blocks);
 	spin_unlock_irq(&dm_pool.lock);
 
-	direct_map_batch_init(&batch);
 	list_for_each_entry_safe(b, tmp, &blocks, list) {
 		list_del_init(&b->list);
-		if (b->poisoned || dm_block_isolated(b) ||
+		if (b->poisoned || b->release || dm_block_isolated(b) ||
+		    b->nr_free != pageblock_nr_pages ||
 		    direct_map_has_hwpoison(dm_block_page(b, 0), pageblock_nr_pages) ||
+		    READ_ONCE(dm_pool.no_keep) ||
 		    READ_ONCE(dm_pool.nr_free_blocks) >= dm_pool_max_free_blocks ||
-		    dm_block_zero(&batch, b)) {
+		    dm_block_zero(&batch, b, dm_dirty_bits(b))) {
 			dm_block_release(b);
 			continue;
 		}
+		bitmap_zero(dm_dirty_bits(b), pageblock_nr_pages);
 		list_add_tail(&b->list, &keep);
 	}
 	/* The temporary mappings are gone from every TLB before reuse. */
 	direct_map_batch_flush(&batch);
 
 	spin_lock_irq(&dm_pool.lock);
-	list_for_each_entry_safe(b, tmp, &keep, list) {
-		list_move_tail(&b->list, &dm_pool.free[b->nid]);
-		b->state = DM_BLOCK_FREE;
-		dm_pool.nr_free_blocks++;
-	}
+	list_for_each_entry_safe(b, tmp, &keep, list)
+		dm_block_join_free(b);
 	spin_unlock_irq(&dm_pool.lock);
 
 	while ((b = dm_pool_take_free_to_release()))
@@ -328,12 +505,16 @@ static struct dm_block *dm_block_new(struct direct_map_batch *batch, gfp_t gfp,
 	struct dm_block *b;
 	int ret;
 
+	/*
+	 * Never movable, never highmem, never charged: the pages stay where
+	 * they are, and are charged when they enter a page cache.
+	 */
+	gfp &= ~(__GFP_COMP | __GFP_MOVABLE | __GFP_HIGHMEM | __GFP_ACCOUNT);
+
 	b = kzalloc(sizeof(*b) + bits, gfp & GFP_RECLAIM_MASK);
 	if (!b)
 		return ERR_PTR(-ENOMEM);
 
-	/* Never movable, never highmem: the pages stay where they are. */
-	gfp &= ~(__GFP_COMP | __GFP_MOVABLE | __GFP_HIGHMEM);
 	page = alloc_pages_node(nid, gfp | __GFP_ZERO, pageblock_order);
 	if (!page) {
 		kfree(b);
@@ -354,7 +535,8 @@ static struct dm_block *dm_block_new(struct direct_map_batch *batch, gfp_t gfp,
 		goto free;
 	}
 	split_page(page, pageblock_order);
-	static_branch_enable(&direct_map_pool_used);
+	if (!static_key_enabled(&direct_map_pool_used))
+		static_branch_enable(&direct_map_pool_used);
 	dm_block_mark(b, true);
 	return b;
 free:
@@ -363,70 +545,118 @@ free:
 	return ERR_PTR(ret);
 }
 
+/* A new block: on @nid if it has one, else anywhere. */
+static struct dm_block *dm_block_new_near(struct direct_map_batch *batch,
+					  gfp_t gfp, int nid, bool any)
+{
+	if (!any)
+		return dm_block_new(batch, gfp | __GFP_THISNODE, nid);
+	return dm_block_new(batch, gfp, nid);
+}
+
 static int dm_pool_node(int nid)
 {
 	return nid == NUMA_NO_NODE ? numa_mem_id() : nid;
 }
 
 /*
- * Take the first usable free page of a block.  Return its index, or -1 if
- * the block has none (its free pages are poisoned, or it is being
- * isolated), in which case the block has been taken off its list.
+ * Take a clean free page of a block (or, failing that, a dirty one, which
+ * the caller zeroes).  Return its index, or -1 if the block has none to
+ * hand out, in which case the block has been taken off its list.
  */
 static long dm_block_take_page(struct dm_block *b, bool *dirty)
 {
-	unsigned long i;
+	unsigned long *free = dm_free_bits(b), *dbits = dm_dirty_bits(b);
+	unsigned long i = pageblock_nr_pages, j;
 
 	lockdep_assert_held(&dm_pool.lock);
 
-	if (!b->poisoned && !dm_block_isolated(b)) {
-		for_each_set_bit(i, dm_free_bits(b), pageblock_nr_pages) {
-			if (PageHWPoison(dm_block_page(b, i))) {
+	if (!b->poisoned && !b->release && !dm_block_isolated(b)) {
+		for_each_set_bit(j, free, pageblock_nr_pages) {
+			if (PageHWPoison(dm_block_page(b, j))) {
 				b->poisoned = true;
 				break;
 			}
-			__clear_bit(i, dm_free_bits(b));
-			*dirty = __test_and_clear_bit(i, dm_dirty_bits(b));
-			b->nr_free--;
-			if (b->state == DM_BLOCK_FREE) {
-				dm_pool.nr_free_blocks--;
-				list_move_tail(&b->list, &dm_pool.partial[b->nid]);
-				b->state = DM_BLOCK_PARTIAL;
+			if (i == pageblock_nr_pages)
+				i = j;
+			if (!test_bit(j, dbits)) {
+				i = j;
+				break;
 			}
-			if (!b->nr_free) {
-				list_del_init(&b->list);
-				b->state = DM_BLOCK_USED;
-			}
-			return i;
 		}
 	}
-	/* Nothing to hand out here: the worker releases it once it is free. */
+	if (b->poisoned || i == pageblock_nr_pages) {
+		/* Nothing to hand out: the worker releases it once complete. */
+		if (b->state == DM_BLOCK_FREE) {
+			dm_block_leave_free(b);
+			list_move_tail(&b->list, &dm_pool.work);
+			b->state = DM_BLOCK_WORK;
+			dm_pool_kick();
+		} else {
+			list_del_init(&b->list);
+			b->state = DM_BLOCK_USED;
+		}
+		return -1;
+	}
+
+	__clear_bit(i, free);
+	*dirty = __test_and_clear_bit(i, dbits);
+	b->nr_free--;
 	if (b->state == DM_BLOCK_FREE) {
-		dm_pool.nr_free_blocks--;
-		list_move_tail(&b->list, &dm_pool.work);
-		b->state = DM_BLOCK_WORK;
-		dm_pool_kick();
-	} else {
+		dm_block_leave_free(b);
+		list_move_tail(&b->list, &dm_pool.partial[b->nid]);
+		b->state = DM_BLOCK_PARTIAL;
+	}
+	if (!b->nr_free) {
 		list_del_init(&b->list);
 		b->state = DM_BLOCK_USED;
 	}
-	return -1;
+	return i;
+}
+
+/* A page from the blocks of @nid, or of any node if @any. */
+static struct dm_block *dm_pool_take_page(int nid, bool any, long *i,
+					  bool *dirty)
+{
+	struct dm_block *b;
+	int n;
+
+	guard(spinlock_irq)(&dm_pool.lock);
+	for_each_node(n) {
+		if (!any && n != nid)
+			continue;
+		for (;;) {
+			b = list_first_entry_or_null(&dm_pool.partial[n],
+						     struct dm_block, list);
+			if (!b)
+				b = list_first_entry_or_null(&dm_pool.free[n],
+							     struct dm_block, list);
+			if (!b)
+				break;
+			*i = dm_block_take_page(b, dirty);
+			if (*i >= 0)
+				return b;
+		}
+	}
+	return NULL;
 }
 
 /**
  * direct_map_alloc_page - Allocate a page out of the direct map
- * @batch: the batch whose flush the caller issues before anyone writes the page
+ * @batch: the batch whose flush the caller issues before anyone writes the
+ *         page
  * @gfp: allocation flags, for a new block and the pool's bookkeeping
  * @nid: preferred node, or NUMA_NO_NODE
  * @pagep: the page, on success
  *
  * Hand out a free page of a pageblock that the pool has removed from the
  * direct map, or remove a new pageblock and hand out its first page.  The
+ * pool looks at the blocks of @nid, then makes a new block there, then
+ * looks at the other nodes' blocks, then makes a new block anywhere.  The
  * page is zeroed, has a reference count of one, and is the caller's like a
  * page from alloc_page(): when it is freed, through any path, it goes back
  * to the pool, still out of the direct map.  It must be freed, never
- * restored: it is never handed to the page allocator while out of the
- * direct map.
+ * restored.
  *
  * The page may have been zeroed, or its block removed, through @batch: the
  * caller calls direct_map_batch_flush() before the page's new user (or
@@ -435,51 +665,45 @@ static long dm_block_take_page(struct dm_block *b, bool *dirty)
  * Context: Process context; may sleep.
  * Return: 0 on success; -ENOMEM if no page could be had (a new block could
  * not be allocated, removed or zeroed); -EOPNOTSUPP if the kernel cannot
- * change its direct map.  On error nothing changed for the caller.
+ * change its direct map, or its pageblocks are larger than 2 MiB.  On error
+ * nothing changed for the caller.
  */
 int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
 			  struct page **pagep)
 {
 	struct dm_block *b;
 	bool dirty = false;
+	int pass, ret;
 	long i = -1;
-	int ret;
 
 	might_sleep();
 
-	if (!can_set_direct_map())
+	if (!dm_pool_usable())
 		return -EOPNOTSUPP;
 	nid = dm_pool_node(nid);
 
-	spin_lock_irq(&dm_pool.lock);
-	while (i < 0) {
-		b = list_first_entry_or_null(&dm_pool.partial[nid],
-					     struct dm_block, list);
-		if (!b)
-			b = list_first_entry_or_null(&dm_pool.free[nid],
-						     struct dm_block, list);
-		if (!b)
+	for (pass = 0; pass < 2; pass++) {
+		b = dm_pool_take_page(nid, pass, &i, &dirty);
+		if (b)
 			break;
-		i = dm_block_take_page(b, &dirty);
-	}
-	spin_unlock_irq(&dm_pool.lock);
-
-	if (i < 0) {
-		b = dm_block_new(batch, gfp, nid);
+		b = dm_block_new_near(batch, gfp, nid, pass);
 		if (IS_ERR(b))
-			return PTR_ERR(b);
+			continue;
 		/* Keep the first page; the others go to the pool, zeroed. */
-		for (i = 1; i < pageblock_nr_pages; i++)
+		for (i = 1; i < pageblock_nr_pages; i++) {
+			direct_map_pool_pre_free(dm_block_page(b, i));
 			set_page_count(dm_block_page(b, i), 0);
+		}
 		spin_lock_irq(&dm_pool.lock);
 		bitmap_set(dm_free_bits(b), 1, pageblock_nr_pages - 1);
 		b->nr_free = pageblock_nr_pages - 1;
-		list_add_tail(&b->list, &dm_pool.partial[b->nid]);
-		b->state = DM_BLOCK_PARTIAL;
+		dm_block_settle(b);
 		spin_unlock_irq(&dm_pool.lock);
 		*pagep = dm_block_page(b, 0);
 		return 0;
 	}
+	if (IS_ERR(b))
+		return PTR_ERR(b);
 
 	if (dirty) {
 		ret = direct_map_batch_zero(batch, dm_block_page(b, i), 1);
@@ -489,26 +713,56 @@ int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
 			return ret;
 		}
 	}
-	set_page_refcounted(dm_block_page(b, i));
+	direct_map_pool_post_alloc(dm_block_page(b, i), gfp);
 	count_vm_event(DIRECT_MAP_POOL_REUSED);
 	*pagep = dm_block_page(b, i);
 	return 0;
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_alloc_page, "kvm");
+
+/* A free block of @nid, or of any node if @any. */
+static struct dm_block *dm_pool_take_block(int nid, bool any)
+{
+	struct dm_block *b, *tmp;
+	int n;
+
+	guard(spinlock_irq)(&dm_pool.lock);
+	for_each_node(n) {
+		if (!any && n != nid)
+			continue;
+		list_for_each_entry_safe(b, tmp, &dm_pool.free[n], list) {
+			dm_block_leave_free(b);
+			if (b->release || dm_block_isolated(b) ||
+			    direct_map_has_hwpoison(dm_block_page(b, 0),
+						    pageblock_nr_pages)) {
+				/* The worker releases it. */
+				list_move_tail(&b->list, &dm_pool.work);
+				b->state = DM_BLOCK_WORK;
+				dm_pool_kick();
+				continue;
+			}
+			list_del_init(&b->list);
+			b->state = DM_BLOCK_USED;
+			bitmap_zero(dm_free_bits(b), pageblock_nr_pages);
+			b->nr_free = 0;
+			return b;
+		}
+	}
+	return NULL;
+}
 
 /**
  * direct_map_alloc_block - Allocate a pageblock out of the direct map
  * @batch: the batch whose flush the caller issues before anyone writes the
  *         pages
- * @gfp: allocation flags for a new block (e.g. with __GFP_NORETRY, so that
- *       the caller can fall back to single pages)
+ * @gfp: allocation flags for a new block
  * @nid: preferred node, or NUMA_NO_NODE
  * @pagep: the first page, on success
  *
  * Hand out a whole pageblock (pageblock_nr_pages pages, 2 MiB on x86-64)
  * out of the direct map: one the pool keeps, zeroed, without a removal or a
- * flush, or a new one removed through @batch.  Each page is zeroed, has a
- * reference count of one, and goes back to the pool when it is freed.
+ * flush, or a new one removed through @batch, on @nid first as
+ * direct_map_alloc_page() does.  Each page is zeroed, has a reference count
+ * of one, and goes back to the pool when it is freed.
  *
  * Context: Process context; may sleep.
  * Return: 0 on success; -ENOMEM or -EOPNOTSUPP as direct_map_alloc_page().
@@ -516,64 +770,35 @@ EXPORT_SYMBOL_FOR_MODULES(direct_map_alloc_page, "kvm");
 int direct_map_alloc_block(struct direct_map_batch *batch, gfp_t gfp, int nid,
 			   struct page **pagep)
 {
-	struct dm_block *b, *tmp;
+	struct dm_block *b;
 	unsigned long i;
+	int pass;
 
 	might_sleep();
 
-	if (!can_set_direct_map())
+	if (!dm_pool_usable())
 		return -EOPNOTSUPP;
 	nid = dm_pool_node(nid);
 
-	spin_lock_irq(&dm_pool.lock);
-	list_for_each_entry_safe(b, tmp, &dm_pool.free[nid], list) {
-		if (b->poisoned || dm_block_isolated(b) ||
-		    direct_map_has_hwpoison(dm_block_page(b, 0),
-					    pageblock_nr_pages)) {
-			/* The worker releases it. */
-			dm_pool.nr_free_blocks--;
-			list_move_tail(&b->list, &dm_pool.work);
-			b->state = DM_BLOCK_WORK;
-			dm_pool_kick();
-			continue;
+	for (pass = 0; pass < 2; pass++) {
+		b = dm_pool_take_block(nid, pass);
+		if (b) {
+			for (i = 0; i < pageblock_nr_pages; i++)
+				direct_map_pool_post_alloc(dm_block_page(b, i),
+							   gfp);
+			count_vm_events(DIRECT_MAP_POOL_REUSED,
+					pageblock_nr_pages);
+			break;
 		}
-		list_del_init(&b->list);
-		b->state = DM_BLOCK_USED;
-		dm_pool.nr_free_blocks--;
-		bitmap_zero(dm_free_bits(b), pageblock_nr_pages);
-		b->nr_free = 0;
-		goto found;
+		b = dm_block_new_near(batch, gfp, nid, pass);
+		if (!IS_ERR(b))
+			break;
 	}
-	spin_unlock_irq(&dm_pool.lock);
-
-	b = dm_block_new(batch, gfp, nid);
 	if (IS_ERR(b))
 		return PTR_ERR(b);
 	*pagep = dm_block_page(b, 0);
 	return 0;
-
-found:
-	spin_unlock_irq(&dm_pool.lock);
-	for (i = 0; i < pageblock_nr_pages; i++)
-		set_page_refcounted(dm_block_page(b, i));
-	count_vm_events(DIRECT_MAP_POOL_REUSED, pageblock_nr_pages);
-	*pagep = dm_block_page(b, 0);
-	return 0;
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_alloc_block, "kvm");
-
-/**
- * direct_map_pool_owns - Whether a page belongs to the direct-map pool
- * @page: the page
- *
- * Return: true if @page is part of a block of the pool: it is out of the
- * direct map and goes back to the pool when it is freed.
- */
-bool direct_map_pool_owns(struct page *page)
-{
-	return direct_map_pool_page(page);
-}
-EXPORT_SYMBOL_FOR_MODULES(direct_map_pool_owns, "kvm");
 
 static unsigned long dm_pool_count(struct shrinker *s,
 				   struct shrink_control *sc)
@@ -581,7 +806,10 @@ static unsigned long dm_pool_count(struct shrinker *s,
 	return READ_ONCE(dm_pool.nr_free_blocks) * pageblock_nr_pages;
 }
 
-/* Reclaim context: only ask the worker; restoring takes locks reclaim may hold. */
+/*
+ * Reclaim context: only ask the worker.  Restoring takes init_mm's mmap lock
+ * for the collapse, which a task that allocates page tables may hold.
+ */
 static unsigned long dm_pool_scan(struct shrinker *s, struct shrink_control *sc)
 {
 	unsigned long nr = DIV_ROUND_UP(sc->nr_to_scan, pageblock_nr_pages);
@@ -597,13 +825,30 @@ static unsigned long dm_pool_scan(struct shrinker *s, struct shrink_control *sc)
 	return nr * pageblock_nr_pages;
 }
 
-/* Release the free blocks of pageblocks being isolated for offlining. */
+/* Offlining: wait for the worker to free the blocks isolation gave back. */
 static int dm_pool_memory_callback(struct notifier_block *nb,
 				   unsigned long action, void *arg)
 {
 	if (action == MEM_GOING_OFFLINE) {
 		dm_pool_kick();
 		flush_work(&dm_pool_work);
+	}
+	return NOTIFY_OK;
+}
+
+/* Hibernation: no free block may stay out of the direct map. */
+static int dm_pool_pm_callback(struct notifier_block *nb, unsigned long action,
+			       void *arg)
+{
+	switch (action) {
+	case PM_HIBERNATION_PREPARE:
+		WRITE_ONCE(dm_pool.no_keep, true);
+		dm_pool_kick();
+		flush_work(&dm_pool_work);
+		break;
+	case PM_POST_HIBERNATION:
+		WRITE_ONCE(dm_pool.no_keep, false);
+		break;
 	}
 	return NOTIFY_OK;
 }
@@ -628,18 +873,24 @@ MODULE_PARM_DESC(max_free_blocks,
 
 static int __init dm_pool_init(void)
 {
+	struct list_head *partial, *free;
 	struct shrinker *shrinker;
 	int nid;
 
-	dm_pool.partial = kcalloc(nr_node_ids, sizeof(*dm_pool.partial),
-				  GFP_KERNEL);
-	dm_pool.free = kcalloc(nr_node_ids, sizeof(*dm_pool.free), GFP_KERNEL);
-	if (!dm_pool.partial || !dm_pool.free)
-		panic("direct_map_pool: cannot allocate its lists\n");
-	for (nid = 0; nid < nr_node_ids; nid++) {
-		INIT_LIST_HEAD(&dm_pool.partial[nid]);
-		INIT_LIST_HEAD(&dm_pool.free[nid]);
+	partial = kcalloc(nr_node_ids, sizeof(*partial), GFP_KERNEL);
+	free = kcalloc(nr_node_ids, sizeof(*free), GFP_KERNEL);
+	if (!partial || !free) {
+		/* The allocators then say -EOPNOTSUPP; users fall back. */
+		kfree(partial);
+		kfree(free);
+		return -ENOMEM;
 	}
+	for (nid = 0; nid < nr_node_ids; nid++) {
+		INIT_LIST_HEAD(&partial[nid]);
+		INIT_LIST_HEAD(&free[nid]);
+	}
+	dm_pool.partial = partial;
+	dm_pool.free = free;
 
 	shrinker = shrinker_alloc(0, "direct_map_pool");
 	if (shrinker) {
@@ -648,6 +899,7 @@ static int __init dm_pool_init(void)
 		shrinker_register(shrinker);
 	}
 	hotplug_memory_notifier(dm_pool_memory_callback, DEFAULT_CALLBACK_PRI);
+	pm_notifier(dm_pool_pm_callback, 0);
 	return 0;
 }
 core_initcall(dm_pool_init);

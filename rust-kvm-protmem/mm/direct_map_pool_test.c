@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * KUnit tests for the direct-map pool.  Included by mm/direct_map_pool.c, so
- * that the tests can see a block's bitmaps and wait for the worker.  Run
+ * that the tests can see a block's bitmaps and hold off the worker.  Run
  * again after boot with:
  *   echo 1 > /sys/kernel/debug/kunit/direct_map_pool/run
  */
@@ -11,7 +11,7 @@
 #include <linux/vmalloc.h>
 
 struct dm_pool_counts {
-	unsigned long removed, restored, flushes, reused, released;
+	unsigned long removed, restored, reused, released;
 };
 
 static void dm_pool_read_counts(struct kunit *test, struct dm_pool_counts *c)
@@ -23,7 +23,6 @@ static void dm_pool_read_counts(struct kunit *test, struct dm_pool_counts *c)
 	all_vm_events(ev);
 	c->removed = ev[DIRECT_MAP_REMOVED];
 	c->restored = ev[DIRECT_MAP_RESTORED];
-	c->flushes = ev[DIRECT_MAP_REMOVE_FLUSH];
 	c->reused = ev[DIRECT_MAP_POOL_REUSED];
 	c->released = ev[DIRECT_MAP_POOL_RELEASED];
 	kunit_kfree(test, ev);
@@ -42,7 +41,7 @@ static bool dm_pool_readable(struct page *page)
  */
 static void dm_pool_expect_released(struct kunit *test, struct page *page)
 {
-	KUNIT_EXPECT_FALSE(test, direct_map_pool_owns(page));
+	KUNIT_EXPECT_FALSE(test, direct_map_pool_page(page));
 	if (!debug_pagealloc_enabled_static())
 		KUNIT_EXPECT_TRUE(test, dm_pool_readable(page));
 }
@@ -52,11 +51,19 @@ static struct dm_block *dm_pool_block_of(struct page *page)
 	return xa_load(&dm_blocks, page_to_pfn(page) >> pageblock_order);
 }
 
-static bool dm_pool_page_free(struct page *page)
+/* Whether the page is free in the pool, and whether it waits for zeroing. */
+static bool dm_pool_page_state(struct page *page, bool *dirty)
 {
-	struct dm_block *b = dm_pool_block_of(page);
+	struct dm_block *b;
+	bool free = false;
 
-	return b && test_bit(page_to_pfn(page) - b->pfn, dm_free_bits(b));
+	guard(spinlock_irq)(&dm_pool.lock);
+	b = dm_pool_block_of(page);
+	if (b) {
+		free = test_bit(page_to_pfn(page) - b->pfn, dm_free_bits(b));
+		*dirty = test_bit(page_to_pfn(page) - b->pfn, dm_dirty_bits(b));
+	}
+	return free;
 }
 
 /* Let the worker finish what the frees so far gave it. */
@@ -66,96 +73,150 @@ static void dm_pool_settle(void)
 	flush_work(&dm_pool_work);
 }
 
-/* Set the limit of free blocks kept, and return the old one. */
-static unsigned int dm_pool_set_limit(unsigned int max)
+static void dm_pool_restore_limit(void *old)
 {
-	unsigned int old = dm_pool_max_free_blocks;
+	WRITE_ONCE(dm_pool_max_free_blocks, (unsigned long)old);
+	dm_pool_settle();
+}
+
+/* Set the limit of free blocks kept until the test ends. */
+static void dm_pool_set_limit(struct kunit *test, unsigned int max)
+{
+	unsigned long old = dm_pool_max_free_blocks;
 
 	WRITE_ONCE(dm_pool_max_free_blocks, max);
-	dm_pool_settle();
-	return old;
+	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test,
+			dm_pool_restore_limit, (void *)old), 0);
+}
+
+static void dm_pool_enable_work(void *unused)
+{
+	enable_work(&dm_pool_work);
+}
+
+/* Hold off the worker until the action is released or the test ends. */
+static void dm_pool_disable_work(struct kunit *test)
+{
+	disable_work_sync(&dm_pool_work);
+	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test,
+			dm_pool_enable_work, NULL), 0);
+}
+
+static void dm_pool_put_page(void *page)
+{
+	put_page(page);
+}
+
+/* A page from the pool, given back when the test ends. */
+static struct page *dm_pool_get_page(struct kunit *test, int nid)
+{
+	struct direct_map_batch batch;
+	struct page *page;
+
+	direct_map_batch_init(&batch);
+	KUNIT_ASSERT_EQ(test, direct_map_alloc_page(&batch, GFP_KERNEL, nid,
+						    &page), 0);
+	direct_map_batch_flush(&batch);
+	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test, dm_pool_put_page,
+							page), 0);
+	return page;
+}
+
+static void dm_pool_fill(struct kunit *test, struct page *page, int c)
+{
+	void *addr = vmap(&page, 1, VM_MAP, PAGE_KERNEL);
+
+	KUNIT_ASSERT_NOT_NULL(test, addr);
+	memset(addr, c, PAGE_SIZE);
+	vunmap(addr);
+}
+
+static bool dm_pool_zeroed(struct kunit *test, struct page *page)
+{
+	void *addr = vmap(&page, 1, VM_MAP, PAGE_KERNEL);
+	bool zeroed;
+
+	KUNIT_ASSERT_NOT_NULL(test, addr);
+	zeroed = !memchr_inv(addr, 0, PAGE_SIZE);
+	vunmap(addr);
+	return zeroed;
 }
 
 /*
  * A page freed through the page allocator's free path goes back to the
- * pool, still out of the direct map, and comes out of the pool again zeroed,
- * without a removal.
+ * pool, still out of the direct map and without a reference; it comes out
+ * of the pool again zeroed, without a removal; and the worker zeroes a page
+ * that comes back before anyone asks for it.
  */
 static void direct_map_pool_test_free_path(struct kunit *test)
 {
 	struct direct_map_batch batch;
 	struct dm_pool_counts a, b;
-	struct page *page, *again, *hold;
+	struct page *page, *again;
 	struct dm_block *blk;
-	void *addr;
+	bool dirty = false;
 
 	direct_map_batch_init(&batch);
 	KUNIT_ASSERT_EQ(test, direct_map_alloc_page(&batch, GFP_KERNEL,
 						    NUMA_NO_NODE, &page), 0);
 	direct_map_batch_flush(&batch);
-	KUNIT_EXPECT_TRUE(test, direct_map_pool_owns(page));
-	KUNIT_EXPECT_FALSE(test, dm_pool_readable(page));
-	KUNIT_EXPECT_EQ(test, page_ref_count(page), 1);
-	KUNIT_EXPECT_FALSE(test, dm_pool_page_free(page));
-
+	blk = dm_pool_block_of(page);
 	/* A second page in use keeps the block from coming back whole. */
-	direct_map_batch_init(&batch);
-	KUNIT_ASSERT_EQ(test, direct_map_alloc_page(&batch, GFP_KERNEL,
-						    page_to_nid(page), &hold), 0);
-	direct_map_batch_flush(&batch);
-	if (dm_pool_block_of(hold) != dm_pool_block_of(page)) {
-		put_page(hold);
+	if (dm_pool_block_of(dm_pool_get_page(test, page_to_nid(page))) != blk) {
 		put_page(page);
 		kunit_skip(test, "the pool gave the second page from another block");
 	}
+	KUNIT_EXPECT_TRUE(test, direct_map_pool_page(page));
+	KUNIT_EXPECT_FALSE(test, dm_pool_readable(page));
+	KUNIT_EXPECT_EQ(test, page_ref_count(page), 1);
+	KUNIT_EXPECT_TRUE(test, dm_pool_zeroed(test, page));
+	dm_pool_fill(test, page, 0xa5);
 
-	addr = vmap(&page, 1, VM_MAP, PAGE_KERNEL);
-	KUNIT_ASSERT_NOT_NULL(test, addr);
-	KUNIT_EXPECT_NULL(test, memchr_inv(addr, 0, PAGE_SIZE));
-	memset(addr, 0xa5, PAGE_SIZE);
-	vunmap(addr);
-
+	dm_pool_disable_work(test);
 	put_page(page);
 	KUNIT_EXPECT_EQ(test, page_ref_count(page), 0);
 	KUNIT_EXPECT_FALSE(test, PageBuddy(page));
-	KUNIT_EXPECT_TRUE(test, dm_pool_page_free(page));
+	KUNIT_EXPECT_TRUE(test, dm_pool_page_state(page, &dirty));
+	KUNIT_EXPECT_TRUE(test, dirty);
 	KUNIT_EXPECT_FALSE(test, dm_pool_readable(page));
 
 	/*
-	 * The pool hands out the first free page of the first block with free
-	 * pages: put the page's block first, so that it is this page (other
-	 * users of the pool may have blocks with free pages too).
+	 * The pool hands out the clean free pages of a block before a dirty
+	 * one: take them (until the test ends), then the page comes back.
 	 */
-	blk = dm_pool_block_of(page);
-	KUNIT_ASSERT_NOT_NULL(test, blk);
-	spin_lock_irq(&dm_pool.lock);
-	if (blk->state == DM_BLOCK_PARTIAL &&
-	    find_first_bit(dm_free_bits(blk), pageblock_nr_pages) ==
-	    page_to_pfn(page) - blk->pfn)
-		list_move(&blk->list, &dm_pool.partial[blk->nid]);
-	else
-		blk = NULL;
-	spin_unlock_irq(&dm_pool.lock);
-	if (!blk) {
-		put_page(hold);
-		kunit_skip(test, "the page is not the first free page of its block");
-	}
-
 	dm_pool_read_counts(test, &a);
-	direct_map_batch_init(&batch);
-	KUNIT_ASSERT_EQ(test, direct_map_alloc_page(&batch, GFP_KERNEL,
-						    blk->nid, &again), 0);
-	direct_map_batch_flush(&batch);
+	for (;;) {
+		spin_lock_irq(&dm_pool.lock);
+		if (blk->state == DM_BLOCK_PARTIAL)
+			list_move(&blk->list, &dm_pool.partial[blk->nid]);
+		spin_unlock_irq(&dm_pool.lock);
+		direct_map_batch_init(&batch);
+		KUNIT_ASSERT_EQ(test, direct_map_alloc_page(&batch, GFP_KERNEL,
+							    blk->nid, &again), 0);
+		direct_map_batch_flush(&batch);
+		if (again == page)
+			break;
+		if (dm_pool_block_of(again) != blk) {
+			put_page(again);
+			break;
+		}
+		KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test,
+				dm_pool_put_page, again), 0);
+	}
 	dm_pool_read_counts(test, &b);
 	KUNIT_ASSERT_PTR_EQ(test, again, page);
 	KUNIT_EXPECT_EQ(test, b.removed - a.removed, 0);
 	KUNIT_EXPECT_GE(test, b.reused - a.reused, 1);
-	addr = vmap(&page, 1, VM_MAP, PAGE_KERNEL);
-	KUNIT_ASSERT_NOT_NULL(test, addr);
-	KUNIT_EXPECT_NULL(test, memchr_inv(addr, 0, PAGE_SIZE));
-	vunmap(addr);
+	KUNIT_EXPECT_TRUE(test, dm_pool_zeroed(test, page));
+
+	/* The worker zeroes a page that came back. */
+	dm_pool_fill(test, page, 0x5a);
 	put_page(page);
-	put_page(hold);
+	kunit_release_action(test, dm_pool_enable_work, NULL);
+	dm_pool_settle();
+	KUNIT_EXPECT_TRUE(test, dm_pool_page_state(page, &dirty));
+	KUNIT_EXPECT_FALSE(test, dirty);
+	KUNIT_EXPECT_TRUE(test, dm_pool_zeroed(test, page));
 }
 
 /*
@@ -165,14 +226,14 @@ static void direct_map_pool_test_free_path(struct kunit *test)
  */
 static void direct_map_pool_test_block(struct kunit *test)
 {
-	struct direct_map_batch batch;
 	struct shrink_control sc = { .gfp_mask = GFP_KERNEL };
+	struct direct_map_batch batch;
 	struct dm_pool_counts a, b;
-	unsigned int old_max;
+	enum dm_block_state state;
 	struct page *page;
 	unsigned long i;
 
-	old_max = dm_pool_set_limit(UINT_MAX);
+	dm_pool_set_limit(test, UINT_MAX);
 	direct_map_batch_init(&batch);
 	KUNIT_ASSERT_EQ(test, direct_map_alloc_block(&batch, GFP_KERNEL,
 						     NUMA_NO_NODE, &page), 0);
@@ -183,18 +244,20 @@ static void direct_map_pool_test_block(struct kunit *test)
 	for (i = 0; i < pageblock_nr_pages; i++)
 		put_page(page + i);
 	dm_pool_settle();
-	KUNIT_ASSERT_NOT_NULL(test, dm_pool_block_of(page));
-	KUNIT_EXPECT_EQ(test, dm_pool_block_of(page)->state, DM_BLOCK_FREE);
+	spin_lock_irq(&dm_pool.lock);
+	state = dm_pool_block_of(page) ? dm_pool_block_of(page)->state : -1;
+	spin_unlock_irq(&dm_pool.lock);
+	KUNIT_EXPECT_EQ(test, state, DM_BLOCK_FREE);
 	KUNIT_EXPECT_FALSE(test, dm_pool_readable(page));
 
 	/* Reclaim asks; it restores nothing itself. */
 	dm_pool_read_counts(test, &a);
 	sc.nr_to_scan = dm_pool_count(NULL, &sc);
 	KUNIT_EXPECT_GE(test, sc.nr_to_scan, pageblock_nr_pages);
-	disable_work_sync(&dm_pool_work);
+	dm_pool_disable_work(test);
 	KUNIT_EXPECT_GE(test, dm_pool_scan(NULL, &sc), pageblock_nr_pages);
 	dm_pool_read_counts(test, &b);
-	enable_work(&dm_pool_work);
+	kunit_release_action(test, dm_pool_enable_work, NULL);
 	KUNIT_EXPECT_EQ(test, b.restored - a.restored, 0);
 	KUNIT_EXPECT_FALSE(test, dm_pool_readable(page));
 
@@ -205,7 +268,6 @@ static void direct_map_pool_test_block(struct kunit *test)
 	KUNIT_EXPECT_GE(test, b.released - a.released, pageblock_nr_pages);
 	for (i = 0; i < pageblock_nr_pages; i += 64)
 		dm_pool_expect_released(test, page + i);
-	dm_pool_set_limit(old_max);
 }
 
 /*
@@ -246,7 +308,7 @@ static void direct_map_pool_test_hwpoison(struct kunit *test)
 	/* Unpoisoned: mapped again and freed like any page. */
 	ClearPageHWPoison(page + 1);
 	direct_map_restore(page + 1, 1);
-	set_page_refcounted(page + 1);
+	direct_map_pool_post_alloc(page + 1, GFP_KERNEL);
 	__free_page(page + 1);
 }
 

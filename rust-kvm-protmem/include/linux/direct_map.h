@@ -60,7 +60,6 @@ int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
 			  struct page **pagep);
 int direct_map_alloc_block(struct direct_map_batch *batch, gfp_t gfp, int nid,
 			   struct page **pagep);
-bool direct_map_pool_owns(struct page *page);
 #else
 static inline int direct_map_batch_remove(struct direct_map_batch *batch,
 					  struct page *page, unsigned long nr)
@@ -117,11 +116,6 @@ static inline int direct_map_alloc_block(struct direct_map_batch *batch,
 					 gfp_t gfp, int nid, struct page **pagep)
 {
 	return -EOPNOTSUPP;
-}
-
-static inline bool direct_map_pool_owns(struct page *page)
-{
-	return false;
 }
 #endif /* CONFIG_DIRECT_MAP_REMOVAL */
 
