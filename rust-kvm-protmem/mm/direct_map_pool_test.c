@@ -83,10 +83,11 @@ static void dm_pool_restore_limit(void *old)
 static void dm_pool_set_limit(struct kunit *test, unsigned int max)
 {
 	unsigned long old = dm_pool_max_free_blocks;
+	int ret;
 
 	WRITE_ONCE(dm_pool_max_free_blocks, max);
-	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test,
-			dm_pool_restore_limit, (void *)old), 0);
+	ret = kunit_add_action_or_reset(test, dm_pool_restore_limit, (void *)old);
+	KUNIT_ASSERT_EQ(test, ret, 0);
 }
 
 static void dm_pool_enable_work(void *unused)
@@ -97,9 +98,11 @@ static void dm_pool_enable_work(void *unused)
 /* Hold off the worker until the action is released or the test ends. */
 static void dm_pool_disable_work(struct kunit *test)
 {
+	int ret;
+
 	disable_work_sync(&dm_pool_work);
-	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test,
-			dm_pool_enable_work, NULL), 0);
+	ret = kunit_add_action_or_reset(test, dm_pool_enable_work, NULL);
+	KUNIT_ASSERT_EQ(test, ret, 0);
 }
 
 static void dm_pool_put_page(void *page)
@@ -155,6 +158,7 @@ static void direct_map_pool_test_free_path(struct kunit *test)
 	struct page *page, *again;
 	struct dm_block *blk;
 	bool dirty = false;
+	int ret;
 
 	direct_map_batch_init(&batch);
 	KUNIT_ASSERT_EQ(test, direct_map_alloc_page(&batch, GFP_KERNEL,
@@ -200,8 +204,8 @@ static void direct_map_pool_test_free_path(struct kunit *test)
 			put_page(again);
 			break;
 		}
-		KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test,
-				dm_pool_put_page, again), 0);
+		ret = kunit_add_action_or_reset(test, dm_pool_put_page, again);
+		KUNIT_ASSERT_EQ(test, ret, 0);
 	}
 	dm_pool_read_counts(test, &b);
 	KUNIT_ASSERT_PTR_EQ(test, again, page);
