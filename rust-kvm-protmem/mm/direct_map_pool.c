@@ -45,6 +45,7 @@
 #include <linux/mm.h>
 #include <linux/moduleparam.h>
 #include <linux/page-isolation.h>
+#include <linux/rcupdate.h>
 #include <linux/set_memory.h>
 #include <linux/shrinker.h>
 #include <linux/sizes.h>
@@ -68,13 +69,6 @@ enum dm_block_state {
 	DM_BLOCK_WORK,		/* every page back: the worker's */
 };
 
-/*
- * A block whose pages are all back but at most this many, each held for
- * good because it has hardware poison (memory_failure() keeps a reference),
- * is complete: the pool releases the rest.
- */
-#define DM_POISON_SCAN	16
-
 /**
  * struct dm_block - A pageblock of the pool
  * @list: on a partial or free list, or the worker's list, as @state says
@@ -84,14 +78,17 @@ enum dm_block_state {
  * @poisoned: a page of the block has hardware poison: hand out no other
  * @release: give the block back to the page allocator once it is complete
  *           (its pageblock is being isolated, or it is poisoned)
+ * @dying: being given back: the isolation path must not touch it
+ * @rcu: the block is freed after a grace period, for that path
  * @nr_free: pages of the block that are in the pool
  * @nr_zeroing: free pages the worker took to zero them
  * @bits: two bitmaps of pageblock_nr_pages bits: which pages are free, and
  *        which free pages need zeroing before they are handed out
  *
  * Protected by dm_pool.lock, except @pfn and @nid, which never change.  Only
- * the worker frees a block, once every page is back: nothing else can then
- * reach it through a page.
+ * the worker frees a block, once every page is back: the free path cannot
+ * reach it then, and the isolation path finds it under RCU and checks
+ * @dying.
  */
 struct dm_block {
 	struct list_head list;
@@ -100,6 +97,8 @@ struct dm_block {
 	enum dm_block_state state;
 	bool poisoned;
 	bool release;
+	bool dying;
+	struct rcu_head rcu;
 	unsigned int nr_free;
 	unsigned int nr_zeroing;
 	unsigned long bits[];
@@ -187,23 +186,12 @@ static void dm_block_join_free(struct dm_block *b)
 }
 
 /*
- * Whether every page of the block is back, but for a few that hardware
- * poison holds for good.
+ * Whether every page of the block is back.  A page that memory_failure()
+ * keeps is never back: its block stays, out of use, and unmovable.
  */
 static bool dm_block_complete(struct dm_block *b)
 {
-	unsigned long i;
-
-	if (b->nr_free == pageblock_nr_pages)
-		return true;
-	if (b->nr_free + b->nr_zeroing + DM_POISON_SCAN < pageblock_nr_pages ||
-	    b->nr_zeroing)
-		return false;
-	for_each_clear_bit(i, dm_free_bits(b), pageblock_nr_pages)
-		if (!PageHWPoison(dm_block_page(b, i)))
-			return false;
-	b->poisoned = true;
-	return true;
+	return b->nr_free == pageblock_nr_pages;
 }
 
 /* After pages came back: put the block where it now belongs. */
@@ -283,12 +271,17 @@ bool direct_map_pool_isolate(struct page *page)
 	struct dm_block *b;
 	bool movable = true;
 
+	guard(rcu)();
 	b = xa_load(&dm_blocks, pfn >> pageblock_order);
 	/* Being released: its pages are on their way to the free lists. */
 	if (!b)
 		return true;
 
 	spin_lock_irqsave(&dm_pool.lock, flags);
+	if (b->dying) {
+		spin_unlock_irqrestore(&dm_pool.lock, flags);
+		return true;
+	}
 	b->release = true;
 	if (b->state == DM_BLOCK_FREE) {
 		dm_block_leave_free(b);
@@ -326,6 +319,9 @@ static void dm_block_release(struct dm_block *b)
 	bool poison = direct_map_has_hwpoison(first, pageblock_nr_pages);
 	unsigned long i, released = 0;
 
+	spin_lock_irq(&dm_pool.lock);
+	b->dying = true;
+	spin_unlock_irq(&dm_pool.lock);
 	xa_erase(&dm_blocks, b->pfn >> pageblock_order);
 	dm_block_mark(b, false);
 	direct_map_restore(first, pageblock_nr_pages);
@@ -345,7 +341,7 @@ static void dm_block_release(struct dm_block *b)
 		released++;
 	}
 	count_vm_events(DIRECT_MAP_POOL_RELEASED, released);
-	kfree(b);
+	kfree_rcu(b, rcu);
 }
 
 /* Zero the pages of @bits of a block through temporary mappings. */
