@@ -86,7 +86,7 @@ def table(rows):
     if big:
         d = derived(big)
         out.append('')
-        out.append('From a warm block cache (`cached`) at %d MiB: rate %.2fx plain '
+        out.append("From the pool's free blocks, warmed up (`cached`), at %d MiB: rate %.2fx plain "
                    '(>= 0.8x: %s), %.3f TLB flushes/request, %.1f level-2 splits/GiB, '
                    '%d pages left.' % (
                        big['mib'], big['vs_plain'],

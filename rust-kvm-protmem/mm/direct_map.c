@@ -25,19 +25,16 @@
  * with the same boundaries needs no allocation.
  *
  * Removed pages can also go from one user to the next without coming back:
- * direct_map_batch_zero() clears them through a temporary mapping, and
- * direct_map_reuse_pages() takes pages that left a page cache back from the
- * LRU and the memory cgroup, which is what freeing them would have done.
+ * direct_map_batch_zero() clears them through a temporary mapping.  The
+ * direct-map pool (mm/direct_map_pool.c) hands such pages out.
  */
 
 #include <linux/direct_map.h>
 #include <linux/fault-inject.h>
-#include <linux/memcontrol.h>
 #include <linux/mm.h>
 #include <linux/pgtable.h>
 #include <linux/set_memory.h>
 #include <linux/slab.h>
-#include <linux/swap.h>
 #include <linux/vmalloc.h>
 #include <linux/vmstat.h>
 #include <asm/tlbflush.h>
@@ -351,14 +348,19 @@ EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_zero, "kvm");
  */
 void direct_map_batch_flush(struct direct_map_batch *batch)
 {
-	if (!batch->nr_pages && !batch->nr_zeroed)
+	/* A pending block of the pool came with a removal. */
+	if (!batch->nr_pages && !batch->nr_zeroed) {
+		WARN_ON_ONCE(batch->pool_pending);
 		return;
+	}
 
 	if (batch->nr_pages)
 		flush_tlb_kernel_range(batch->start, batch->end);
 	if (batch->nr_zeroed)
 		vm_unmap_aliases();
 	count_vm_event(DIRECT_MAP_REMOVE_FLUSH);
+	/* Only now may the pool hand the rest of new blocks to others. */
+	direct_map_pool_publish(batch);
 	direct_map_batch_init(batch);
 }
 EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_flush, "kvm");
@@ -423,73 +425,6 @@ void direct_map_restore(struct page *page, unsigned long nr)
 	count_vm_events(DIRECT_MAP_RESTORED, nr - left);
 }
 EXPORT_SYMBOL_FOR_MODULES(direct_map_restore, "kvm");
-
-/**
- * direct_map_reuse_pages - Take back removed pages that left a page cache
- * @page: first of @nr order-0 pages that are out of the direct map
- * @nr: number of pages
- *
- * Pages out of the direct map must not be freed.  A user that keeps them
- * removed, to add them to a page cache again later, takes them back with
- * this instead of freeing them: each page is taken off its LRU list and
- * uncharged from its memory cgroup, as freeing it would, and can then be
- * added to a page cache like a newly allocated page.  A page on no LRU list
- * (e.g. charged with filemap_charge_folio() but never added) is only
- * uncharged, if it is charged.
- *
- * Context: Process context; may sleep.  The caller holds a reference to each
- * page, and no page is in a page cache any more.
- * Return: 0 on success; -EHWPOISON if a page has hardware poison (nothing
- * is taken back: the pages must be restored and freed); -EBUSY if somebody
- * else still holds a reference to a page (e.g. the page cache, for a moment
- * after ->free_folio()); -EINVAL for a page of a large folio or one still in
- * a page cache.  On error the
- * page that failed is still on an LRU list (or in the hands of whoever holds
- * it) and charged, and the pages taken back before it stay taken back, which
- * is harmless: they can be restored and freed, or taken back again.
- */
-int direct_map_reuse_pages(struct page *page, unsigned long nr)
-{
-	bool drained = false;
-	unsigned long i;
-
-	might_sleep();
-
-	if (direct_map_poisoned(page, nr))
-		return -EHWPOISON;
-
-	for (i = 0; i < nr; i++) {
-		struct folio *folio = page_folio(page + i);
-
-		if (WARN_ON_ONCE(folio_test_large(folio) || folio->mapping))
-			return -EINVAL;
-		/* A page added to the LRU lately may sit in a per-CPU batch. */
-		if (folio_ref_count(folio) != 1 && !drained) {
-			lru_add_drain_all();
-			drained = true;
-		}
-		/* Somebody else holds it: leave it alone. */
-		if (folio_ref_count(folio) != 1)
-			return -EBUSY;
-		/* Isolation takes a reference; ours keeps the folio alive. */
-		if (folio_isolate_lru(folio)) {
-			if (folio_ref_count(folio) != 2) {
-				/* Taken meanwhile: give it back to an LRU list. */
-				folio_putback_lru(folio);
-				return -EBUSY;
-			}
-			folio_put(folio);
-		} else if (folio_ref_count(folio) != 1 || folio_test_lru(folio)) {
-			/* Isolated, or added back, by someone else meanwhile. */
-			return -EBUSY;
-		}
-		folio_clear_active(folio);
-		folio_clear_unevictable(folio);
-		mem_cgroup_uncharge(folio);
-	}
-	return 0;
-}
-EXPORT_SYMBOL_FOR_MODULES(direct_map_reuse_pages, "kvm");
 
 #ifdef CONFIG_DEBUG_DIRECT_MAP
 /**

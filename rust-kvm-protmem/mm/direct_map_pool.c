@@ -41,7 +41,9 @@
 #include <linux/direct_map.h>
 #include <linux/highmem.h>
 #include <linux/jump_label.h>
+#include <linux/memcontrol.h>
 #include <linux/memory.h>
+#include <linux/mempolicy.h>
 #include <linux/mm.h>
 #include <linux/moduleparam.h>
 #include <linux/page-isolation.h>
@@ -67,6 +69,7 @@ enum dm_block_state {
 	DM_BLOCK_PARTIAL,	/* some pages free: on its node's partial list */
 	DM_BLOCK_FREE,		/* every page free and zeroed: on a free list */
 	DM_BLOCK_WORK,		/* every page back: the worker's */
+	DM_BLOCK_PENDING,	/* new, its removal not flushed: one batch's */
 };
 
 /**
@@ -80,6 +83,7 @@ enum dm_block_state {
  *           (its pageblock is being isolated, or it is poisoned)
  * @dying: being given back: the isolation path must not touch it
  * @rcu: the block is freed after a grace period, for that path
+ * @next_pending: the next block pending in the same batch
  * @nr_free: pages of the block that are in the pool
  * @nr_zeroing: free pages the worker took to zero them
  * @bits: two bitmaps of pageblock_nr_pages bits: which pages are free, and
@@ -99,6 +103,7 @@ struct dm_block {
 	bool release;
 	bool dying;
 	struct rcu_head rcu;
+	struct dm_block *next_pending;
 	unsigned int nr_free;
 	unsigned int nr_zeroing;
 	unsigned long bits[];
@@ -130,6 +135,11 @@ static unsigned int dm_pool_max_free_blocks = 16;
 
 static void dm_pool_worker(struct work_struct *work);
 static DECLARE_WORK(dm_pool_work, dm_pool_worker);
+/*
+ * Unbound, with a rescuer: the shrinker gives memory back only through the
+ * worker, which must run when no new worker thread can be had.
+ */
+static struct workqueue_struct *dm_pool_wq;
 
 /*
  * The pool works in pageblocks of at most 2 MiB that the direct map maps
@@ -165,7 +175,7 @@ static bool dm_block_isolated(struct dm_block *b)
 
 static void dm_pool_kick(void)
 {
-	queue_work(system_dfl_wq, &dm_pool_work);
+	queue_work(dm_pool_wq, &dm_pool_work);
 }
 
 /* A free block leaves, or joins, the free lists (and the removed count). */
@@ -199,9 +209,20 @@ static bool dm_block_settle(struct dm_block *b)
 {
 	lockdep_assert_held(&dm_pool.lock);
 
-	if (b->state == DM_BLOCK_WORK)
+	if (b->state == DM_BLOCK_WORK || b->state == DM_BLOCK_PENDING)
 		return false;
 	if (dm_block_complete(b)) {
+		/*
+		 * Clean (given back unused), and room for it: free at once, for
+		 * the next user.  The allocators check it for hardware poison.
+		 */
+		if (!b->poisoned && !b->release && !dm_block_isolated(b) &&
+		    bitmap_empty(dm_dirty_bits(b), pageblock_nr_pages) &&
+		    !dm_pool.no_keep &&
+		    dm_pool.nr_free_blocks < dm_pool_max_free_blocks) {
+			dm_block_join_free(b);
+			return false;
+		}
 		list_move_tail(&b->list, &dm_pool.work);
 		b->state = DM_BLOCK_WORK;
 		return true;
@@ -216,13 +237,9 @@ static bool dm_block_settle(struct dm_block *b)
 	return false;
 }
 
-/*
- * Called by the page allocator's free path for a page of a pool block, in
- * any context but NMI, after the page's state has been reset as for any
- * freed page.  A page with hardware poison comes here too (@poisoned): the
- * pool counts it as back, and never hands it out or maps it again.
- */
-void direct_map_pool_free(struct page *page, unsigned int order, bool poisoned)
+/* Pages come back to their block: @dirty if they need zeroing. */
+static void dm_pool_put(struct page *page, unsigned int order, bool poisoned,
+			bool dirty)
 {
 	unsigned long pfn = page_to_pfn(page), flags, i, off;
 	unsigned long nr = 1UL << order;
@@ -245,14 +262,14 @@ void direct_map_pool_free(struct page *page, unsigned int order, bool poisoned)
 		}
 	}
 	bitmap_set(dm_free_bits(b), off, nr);
-	if (!poisoned)
+	if (dirty)
 		bitmap_set(dm_dirty_bits(b), off, nr);
 	b->nr_free += nr;
 	if (poisoned)
 		b->poisoned = true;
 	dm_block_settle(b);
 	/* The worker zeroes what came back, soon: secrets do not linger. */
-	kick = !poisoned || b->state == DM_BLOCK_WORK;
+	kick = dirty || b->state == DM_BLOCK_WORK;
 	spin_unlock_irqrestore(&dm_pool.lock, flags);
 
 	if (kick)
@@ -260,10 +277,100 @@ void direct_map_pool_free(struct page *page, unsigned int order, bool poisoned)
 }
 
 /*
- * Called when the page allocator isolates the pageblock of a pool page (for
- * memory offlining or a contiguous allocation), under the zone's lock.  A
- * block that is complete, or free, is given back: the worker maps it again
- * and frees it into the isolated pageblock.  Any other is unmovable.
+ * Called by the page allocator's free path for a page of a pool block, in
+ * any context but NMI, after the page's state has been reset as for any
+ * freed page.  A page with hardware poison comes here too (@poisoned): the
+ * pool counts it as back, and never hands it out or maps it again.
+ */
+void direct_map_pool_free(struct page *page, unsigned int order, bool poisoned)
+{
+	dm_pool_put(page, order, poisoned, !poisoned);
+}
+
+/**
+ * direct_map_pool_block_pages - The number of pages in a block of the pool
+ *
+ * Return: the number of pages that direct_map_alloc_block() hands out (a
+ * pageblock: 512 on x86-64), or 0 if the pool cannot be used on this kernel
+ * (its direct map cannot be changed, or its pageblocks are larger than
+ * 2 MiB): then the allocations fail with -EOPNOTSUPP.
+ */
+unsigned long direct_map_pool_block_pages(void)
+{
+	return dm_pool_usable() ? pageblock_nr_pages : 0;
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_pool_block_pages, "kvm");
+
+/**
+ * direct_map_free_unused - Give back pages that were never used
+ * @page: the first page, from direct_map_alloc_page() or
+ *        direct_map_alloc_block()
+ * @nr: the number of pages
+ *
+ * Give back pages that the caller has not written, nor let anyone else
+ * reach, since the pool handed them out and the batch they came with was
+ * flushed: e.g. pages that a memory cgroup refused.  They go back zeroed, as
+ * they came, without the zeroing (and the TLB flush of its temporary
+ * mappings) that a freed page costs; pages charged to a memory cgroup are
+ * uncharged.  A page that someone else holds a speculative reference to is
+ * freed the usual way instead, when that reference goes.
+ *
+ * Context: Process context.
+ */
+void direct_map_free_unused(struct page *page, unsigned long nr)
+{
+	unsigned long i;
+
+	for (i = 0; i < nr; i++) {
+		struct page *p = page + i;
+
+		/* Not the pool's: still out of the direct map, leak it. */
+		if (WARN_ON_ONCE(!direct_map_pool_page(p)))
+			continue;
+		/*
+		 * Used after all, poisoned meanwhile, or held by someone else
+		 * for a moment: freed the usual way, with its checks, and
+		 * zeroed again by the worker.
+		 */
+		if (WARN_ON_ONCE(p->mapping || folio_mapped(page_folio(p)) ||
+				 (p->flags.f & PAGE_FLAGS_CHECK_AT_FREE)) ||
+		    PageHWPoison(p) || !page_ref_freeze(p, 1)) {
+			put_page(p);
+			continue;
+		}
+		mem_cgroup_uncharge(page_folio(p));
+		p->flags.f &= ~PAGE_FLAGS_CHECK_AT_PREP;
+		direct_map_pool_pre_free(p);
+		dm_pool_put(p, 0, false, false);
+	}
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_free_unused, "kvm");
+
+/**
+ * direct_map_pool_wait - Wait for the pool to settle the pages freed so far
+ *
+ * Wait until the pool's worker has zeroed the pages freed before the call,
+ * and kept or released the pageblocks that came back whole: then the pages
+ * are ready to be handed out without zeroing, and a whole free pageblock
+ * without a removal.  For a caller that frees much memory and may ask for
+ * it again soon, e.g. a truncation.
+ *
+ * Context: Process context; may sleep.  Holds no lock that a page-table
+ * allocation may take (the worker maps released pageblocks again).
+ */
+void direct_map_pool_wait(void)
+{
+	might_sleep();
+	flush_work(&dm_pool_work);
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_pool_wait, "kvm");
+
+/*
+ * Called when the page allocator asks whether the pageblock of a pool page
+ * can be isolated (for memory offlining or a contiguous allocation), under
+ * the zone's lock.  A block that is complete, or free, can: the worker maps
+ * it again and frees it into the isolated pageblock.  Any other is
+ * unmovable.
  */
 bool direct_map_pool_isolate(struct page *page)
 {
@@ -277,23 +384,17 @@ bool direct_map_pool_isolate(struct page *page)
 	if (!b)
 		return true;
 
+	/*
+	 * Only a question, maybe a probe (pfn_range_valid_contig()), under the
+	 * zone's lock: change nothing, wake nobody.  A free block is movable:
+	 * the worker gives back the free blocks of isolated pageblocks when it
+	 * runs, which the MEM_GOING_OFFLINE notifier makes it do.  A block with
+	 * pages in use is unmovable, and stays in use.
+	 */
 	spin_lock_irqsave(&dm_pool.lock, flags);
-	if (b->dying) {
-		spin_unlock_irqrestore(&dm_pool.lock, flags);
-		return true;
-	}
-	b->release = true;
-	if (b->state == DM_BLOCK_FREE) {
-		dm_block_leave_free(b);
-		list_move_tail(&b->list, &dm_pool.work);
-		b->state = DM_BLOCK_WORK;
-	} else if (b->state != DM_BLOCK_WORK && !dm_block_settle(b)) {
-		movable = false;
-	}
+	movable = b->dying || b->state == DM_BLOCK_FREE ||
+		  b->state == DM_BLOCK_WORK;
 	spin_unlock_irqrestore(&dm_pool.lock, flags);
-
-	if (movable)
-		dm_pool_kick();
 	return movable;
 }
 
@@ -337,6 +438,8 @@ static void dm_block_release(struct dm_block *b)
 			continue;
 		if (test_bit(i, dm_dirty_bits(b)))
 			clear_highpage(page);
+		/* Its free hooks ran when it came to the pool: as allocated. */
+		direct_map_pool_pre_release(page);
 		free_frozen_pages(page, 0);
 		released++;
 	}
@@ -417,11 +520,19 @@ static struct dm_block *dm_pool_take_dirty(unsigned long *bits)
 	return NULL;
 }
 
-/* Give back the pages dm_pool_take_dirty() took; @zeroed says if they are. */
+/*
+ * Give back the pages dm_pool_take_dirty() took; @ret says if they are
+ * zeroed (0), or if one has hardware poison (-EHWPOISON): then the pool hands
+ * out no other page of the block.
+ */
 static void dm_pool_put_zeroed(struct dm_block *b, unsigned long *bits,
-			       bool zeroed)
+			       int ret)
 {
+	bool zeroed = !ret;
+
 	guard(spinlock_irq)(&dm_pool.lock);
+	if (ret == -EHWPOISON)
+		b->poisoned = true;
 	bitmap_or(dm_free_bits(b), dm_free_bits(b), bits, pageblock_nr_pages);
 	if (!zeroed)
 		bitmap_or(dm_dirty_bits(b), dm_dirty_bits(b), bits,
@@ -444,16 +555,17 @@ static void dm_pool_worker(struct work_struct *work)
 	LIST_HEAD(blocks);
 	LIST_HEAD(keep);
 	LIST_HEAD(zeroed);
-	bool ok;
+	int ret;
 
 	direct_map_batch_init(&batch);
 
 	/* Pages of blocks in use; without memory for the bitmap, later. */
 	while (bits && (b = dm_pool_take_dirty(bits))) {
-		ok = !dm_block_zero(&batch, b, bits);
+		ret = dm_block_zero(&batch, b, bits);
 		direct_map_batch_flush(&batch);
-		dm_pool_put_zeroed(b, bits, ok);
-		if (!ok)
+		/* A poisoned block leaves the partial lists: go on. */
+		dm_pool_put_zeroed(b, bits, ret);
+		if (ret && ret != -EHWPOISON)
 			break;
 		cond_resched();
 	}
@@ -550,9 +662,16 @@ static struct dm_block *dm_block_new_near(struct direct_map_batch *batch,
 	return dm_block_new(batch, gfp, nid);
 }
 
+/* @nid, or the node the task's memory policy picks, as alloc_pages() would. */
 static int dm_pool_node(int nid)
 {
-	return nid == NUMA_NO_NODE ? numa_mem_id() : nid;
+	if (nid != NUMA_NO_NODE)
+		return nid;
+#ifdef CONFIG_NUMA
+	return mempolicy_slab_node();
+#else
+	return numa_mem_id();
+#endif
 }
 
 /*
@@ -637,12 +756,65 @@ static struct dm_block *dm_pool_take_page(int nid, bool any, long *i,
 	return NULL;
 }
 
+/* A free page on @nid of a block pending in @batch: removed through it, clean. */
+static struct dm_block *dm_pool_take_pending(struct direct_map_batch *batch,
+					     int nid, long *i)
+{
+	struct dm_block *b;
+	unsigned long j;
+
+	guard(spinlock_irq)(&dm_pool.lock);
+	for (b = batch->pool_pending; b; b = b->next_pending) {
+		if (b->poisoned || b->nid != nid)
+			continue;
+		for_each_set_bit(j, dm_free_bits(b), pageblock_nr_pages) {
+			if (PageHWPoison(dm_block_page(b, j))) {
+				b->poisoned = true;
+				break;
+			}
+			/* Freed back already: the worker zeroes it. */
+			if (test_bit(j, dm_dirty_bits(b)))
+				continue;
+			__clear_bit(j, dm_free_bits(b));
+			b->nr_free--;
+			*i = j;
+			return b;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * Called by direct_map_batch_flush() after the flush: the blocks removed
+ * through @batch for single pages are unreachable on every CPU now, and the
+ * pool may hand their free pages to anyone.
+ */
+void direct_map_pool_publish(struct direct_map_batch *batch)
+{
+	struct dm_block *b = batch->pool_pending, *next;
+	unsigned long flags;
+	bool kick = false;
+
+	for (; b; b = next) {
+		spin_lock_irqsave(&dm_pool.lock, flags);
+		next = b->next_pending;
+		b->next_pending = NULL;
+		b->state = DM_BLOCK_USED;
+		kick |= dm_block_settle(b);
+		spin_unlock_irqrestore(&dm_pool.lock, flags);
+	}
+	batch->pool_pending = NULL;
+	if (kick)
+		dm_pool_kick();
+}
+
 /**
  * direct_map_alloc_page - Allocate a page out of the direct map
  * @batch: the batch whose flush the caller issues before anyone writes the
  *         page
  * @gfp: allocation flags, for a new block and the pool's bookkeeping
- * @nid: preferred node, or NUMA_NO_NODE
+ * @nid: preferred node, or NUMA_NO_NODE for the one the task's memory
+ *       policy picks
  * @pagep: the page, on success
  *
  * Hand out a free page of a pageblock that the pool has removed from the
@@ -678,6 +850,11 @@ int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
 		return -EOPNOTSUPP;
 	nid = dm_pool_node(nid);
 
+	/* A block this batch removed, for this caller only until the flush. */
+	b = dm_pool_take_pending(batch, nid, &i);
+	if (b)
+		goto out;
+
 	for (pass = 0; pass < 2; pass++) {
 		b = dm_pool_take_page(nid, pass, &i, &dirty);
 		if (b)
@@ -685,7 +862,11 @@ int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
 		b = dm_block_new_near(batch, gfp, nid, pass);
 		if (IS_ERR(b))
 			continue;
-		/* Keep the first page; the others go to the pool, zeroed. */
+		/*
+		 * Keep the first page; the others are free and zeroed, but
+		 * other CPUs may still reach them through the direct map until
+		 * the batch is flushed: until then only this batch takes them.
+		 */
 		for (i = 1; i < pageblock_nr_pages; i++) {
 			direct_map_pool_pre_free(dm_block_page(b, i));
 			set_page_count(dm_block_page(b, i), 0);
@@ -693,7 +874,9 @@ int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
 		spin_lock_irq(&dm_pool.lock);
 		bitmap_set(dm_free_bits(b), 1, pageblock_nr_pages - 1);
 		b->nr_free = pageblock_nr_pages - 1;
-		dm_block_settle(b);
+		b->state = DM_BLOCK_PENDING;
+		b->next_pending = batch->pool_pending;
+		batch->pool_pending = b;
 		spin_unlock_irq(&dm_pool.lock);
 		*pagep = dm_block_page(b, 0);
 		return 0;
@@ -709,11 +892,13 @@ int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
 			return ret;
 		}
 	}
+out:
 	direct_map_pool_post_alloc(dm_block_page(b, i), gfp);
 	count_vm_event(DIRECT_MAP_POOL_REUSED);
 	*pagep = dm_block_page(b, i);
 	return 0;
 }
+EXPORT_SYMBOL_FOR_MODULES(direct_map_alloc_page, "kvm");
 
 /* A free block of @nid, or of any node if @any. */
 static struct dm_block *dm_pool_take_block(int nid, bool any)
@@ -751,7 +936,8 @@ static struct dm_block *dm_pool_take_block(int nid, bool any)
  * @batch: the batch whose flush the caller issues before anyone writes the
  *         pages
  * @gfp: allocation flags for a new block
- * @nid: preferred node, or NUMA_NO_NODE
+ * @nid: preferred node, or NUMA_NO_NODE for the one the task's memory
+ *       policy picks
  * @pagep: the first page, on success
  *
  * Hand out a whole pageblock (pageblock_nr_pages pages, 2 MiB on x86-64)
@@ -795,6 +981,7 @@ int direct_map_alloc_block(struct direct_map_batch *batch, gfp_t gfp, int nid,
 	*pagep = dm_block_page(b, 0);
 	return 0;
 }
+EXPORT_SYMBOL_FOR_MODULES(direct_map_alloc_block, "kvm");
 
 static unsigned long dm_pool_count(struct shrinker *s,
 				   struct shrink_control *sc)
@@ -853,8 +1040,11 @@ static int dm_pool_set_max(const char *val, const struct kernel_param *kp)
 {
 	int ret = param_set_uint(val, kp);
 
-	if (!ret)
+	/* A lower limit is in effect when the write returns. */
+	if (!ret && dm_pool.partial) {
 		dm_pool_kick();
+		flush_work(&dm_pool_work);
+	}
 	return ret;
 }
 
@@ -873,10 +1063,15 @@ static int __init dm_pool_init(void)
 	struct shrinker *shrinker;
 	int nid;
 
+	dm_pool_wq = alloc_workqueue("direct_map_pool",
+				     WQ_UNBOUND | WQ_MEM_RECLAIM, 0);
 	partial = kcalloc(nr_node_ids, sizeof(*partial), GFP_KERNEL);
 	free = kcalloc(nr_node_ids, sizeof(*free), GFP_KERNEL);
-	if (!partial || !free) {
+	if (!dm_pool_wq || !partial || !free) {
 		/* The allocators then say -EOPNOTSUPP; users fall back. */
+		if (dm_pool_wq)
+			destroy_workqueue(dm_pool_wq);
+		dm_pool_wq = NULL;
 		kfree(partial);
 		kfree(free);
 		return -ENOMEM;

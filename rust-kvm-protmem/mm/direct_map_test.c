@@ -345,56 +345,9 @@ static void direct_map_test_zero_removed(struct kunit *test)
 	__free_pages(page, 2);
 }
 
-/* Only pages nobody else holds can be taken back for reuse. */
-static void direct_map_test_reuse_pages(struct kunit *test)
-{
-	struct page *page = alloc_page(GFP_KERNEL);
-
-	KUNIT_ASSERT_NOT_NULL(test, page);
-	KUNIT_ASSERT_EQ(test, direct_map_remove(page, 1), 0);
-	KUNIT_EXPECT_EQ(test, direct_map_reuse_pages(page, 1), 0);
-	get_page(page);
-	KUNIT_EXPECT_EQ(test, direct_map_reuse_pages(page, 1), -EBUSY);
-	put_page(page);
-	KUNIT_EXPECT_EQ(test, page_ref_count(page), 1);
-	direct_map_restore(page, 1);
-	__free_page(page);
-}
-
-/* A page on an LRU list that somebody else holds is left on it. */
-static void direct_map_test_reuse_busy_lru(struct kunit *test)
-{
-	struct folio *folio = folio_alloc(GFP_KERNEL, 0);
-	struct page *page;
-
-	KUNIT_ASSERT_NOT_NULL(test, folio);
-	page = folio_page(folio, 0);
-	/* As a page cache would: an LRU folio is charged to a memory cgroup. */
-	if (mem_cgroup_charge(folio, NULL, GFP_KERNEL)) {
-		folio_put(folio);
-		KUNIT_FAIL(test, "cannot charge the folio");
-		return;
-	}
-	folio_add_lru(folio);
-	lru_add_drain_all();
-	KUNIT_ASSERT_TRUE(test, folio_test_lru(folio));
-	KUNIT_ASSERT_EQ(test, direct_map_remove(page, 1), 0);
-
-	folio_get(folio);
-	KUNIT_EXPECT_EQ(test, direct_map_reuse_pages(page, 1), -EBUSY);
-	KUNIT_EXPECT_TRUE(test, folio_test_lru(folio));
-	folio_put(folio);
-
-	KUNIT_EXPECT_EQ(test, direct_map_reuse_pages(page, 1), 0);
-	KUNIT_EXPECT_FALSE(test, folio_test_lru(folio));
-	KUNIT_EXPECT_EQ(test, folio_ref_count(folio), 1);
-	direct_map_restore(page, 1);
-	folio_put(folio);
-}
-
 /*
- * A page with hardware poison is never mapped again, zeroed or taken back
- * for reuse, and the rest of its range is restored around it.  The test
+ * A page with hardware poison is never mapped again or zeroed, and the
+ * rest of its range is restored around it.  The test
  * sets and clears the poison flag itself, on pages it owns.
  */
 static void direct_map_test_hwpoison(struct kunit *test)
@@ -419,7 +372,6 @@ static void direct_map_test_hwpoison(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, direct_map_batch_zero(&batch, page, 4), -EHWPOISON);
 	KUNIT_EXPECT_EQ(test, batch.nr_zeroed, 0);
 	direct_map_batch_flush(&batch);
-	KUNIT_EXPECT_EQ(test, direct_map_reuse_pages(page, 4), -EHWPOISON);
 
 	dm_read_counts(test, &a);
 	direct_map_restore(page, 4);
@@ -448,8 +400,6 @@ static struct kunit_case direct_map_test_cases[] = {
 	KUNIT_CASE(direct_map_test_active),
 	KUNIT_CASE(direct_map_test_bad_input),
 	KUNIT_CASE(direct_map_test_zero_removed),
-	KUNIT_CASE(direct_map_test_reuse_pages),
-	KUNIT_CASE(direct_map_test_reuse_busy_lru),
 	KUNIT_CASE(direct_map_test_hwpoison),
 	{}
 };

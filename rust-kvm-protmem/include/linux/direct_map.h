@@ -21,6 +21,9 @@ struct page;
  * @nr_splits: number of large (1G, 2M) mappings those removals split
  * @nr_zeroed: number of pages zeroed through temporary mappings since the
  *             last flush
+ * @pool_pending: pageblocks that the direct-map pool removed through this
+ *                batch for single pages: the pool hands their other pages
+ *                to others only after the flush
  *
  * Initialise with direct_map_batch_init(), add ranges with
  * direct_map_batch_remove() or direct_map_batch_zero(), and always end with
@@ -33,6 +36,7 @@ struct direct_map_batch {
 	unsigned long nr_pages;
 	unsigned long nr_splits;
 	unsigned long nr_zeroed;
+	void *pool_pending;
 };
 
 static inline void direct_map_batch_init(struct direct_map_batch *batch)
@@ -42,6 +46,7 @@ static inline void direct_map_batch_init(struct direct_map_batch *batch)
 	batch->nr_pages = 0;
 	batch->nr_splits = 0;
 	batch->nr_zeroed = 0;
+	batch->pool_pending = NULL;
 }
 
 #ifdef CONFIG_DIRECT_MAP_REMOVAL
@@ -50,7 +55,6 @@ int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
 int direct_map_batch_zero(struct direct_map_batch *batch, struct page *page,
 			  unsigned long nr);
 void direct_map_batch_flush(struct direct_map_batch *batch);
-int direct_map_reuse_pages(struct page *page, unsigned long nr);
 int direct_map_remove(struct page *page, unsigned long nr);
 void direct_map_restore(struct page *page, unsigned long nr);
 bool direct_map_page_present(struct page *page);
@@ -60,6 +64,9 @@ int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
 			  struct page **pagep);
 int direct_map_alloc_block(struct direct_map_batch *batch, gfp_t gfp, int nid,
 			   struct page **pagep);
+void direct_map_free_unused(struct page *page, unsigned long nr);
+void direct_map_pool_wait(void);
+unsigned long direct_map_pool_block_pages(void);
 #else
 static inline int direct_map_batch_remove(struct direct_map_batch *batch,
 					  struct page *page, unsigned long nr)
@@ -75,11 +82,6 @@ static inline int direct_map_batch_zero(struct direct_map_batch *batch,
 
 static inline void direct_map_batch_flush(struct direct_map_batch *batch)
 {
-}
-
-static inline int direct_map_reuse_pages(struct page *page, unsigned long nr)
-{
-	return -EOPNOTSUPP;
 }
 
 static inline int direct_map_remove(struct page *page, unsigned long nr)
@@ -116,6 +118,19 @@ static inline int direct_map_alloc_block(struct direct_map_batch *batch,
 					 gfp_t gfp, int nid, struct page **pagep)
 {
 	return -EOPNOTSUPP;
+}
+
+static inline void direct_map_free_unused(struct page *page, unsigned long nr)
+{
+}
+
+static inline void direct_map_pool_wait(void)
+{
+}
+
+static inline unsigned long direct_map_pool_block_pages(void)
+{
+	return 0;
 }
 #endif /* CONFIG_DIRECT_MAP_REMOVAL */
 

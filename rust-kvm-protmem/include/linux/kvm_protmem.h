@@ -21,42 +21,28 @@ struct page;
 
 /* One per guest_memfd inode created with GUEST_MEMFD_FLAG_NO_DIRECT_MAP. */
 struct kvm_protmem;
-/* Free 2 MiB blocks kept out of the direct map for reuse; one for KVM. */
-struct kvm_protmem_cache;
 
 #ifdef CONFIG_KVM_PROTMEM
 /* Implemented in Rust, virt/kvm/protmem.rs. */
-struct kvm_protmem *kvm_protmem_create(struct kvm_vm_stat_generic *stats,
-				       struct kvm_protmem_cache *cache);
+struct kvm_protmem *kvm_protmem_create(struct kvm_vm_stat_generic *stats);
 void kvm_protmem_detach(struct kvm_protmem *pm);
 void kvm_protmem_put(struct kvm_protmem *pm);
 int kvm_protmem_populate(struct kvm_protmem *pm, struct inode *inode,
 			 pgoff_t start, pgoff_t end, pgoff_t size, bool blocks);
 void kvm_protmem_free_folio(void *owner);
-struct kvm_protmem_cache *kvm_protmem_cache_create(unsigned int max);
-void kvm_protmem_cache_destroy(struct kvm_protmem_cache *cache);
-void kvm_protmem_cache_resize(struct kvm_protmem_cache *cache, unsigned int max);
-unsigned long kvm_protmem_cache_count(struct kvm_protmem_cache *cache);
-unsigned long kvm_protmem_cache_scan(struct kvm_protmem_cache *cache,
-				     unsigned long nr_pages);
-void kvm_protmem_cache_drain(struct kvm_protmem_cache *cache);
 
 /* Implemented in virt/kvm/guest_memfd.c, for the Rust side. */
 bool kvm_gmem_has_folio(struct inode *inode, pgoff_t start, pgoff_t end);
-bool kvm_gmem_has_policy(struct inode *inode, pgoff_t index);
-int kvm_gmem_charge_pages(struct inode *inode, struct page *page,
-			  unsigned long nr);
-struct page *kvm_gmem_alloc_pages(struct inode *inode, pgoff_t index,
-				  unsigned int order);
-void kvm_gmem_free_pages(struct page *page, unsigned long nr);
+int kvm_gmem_node(struct inode *inode, pgoff_t index);
+bool kvm_gmem_populate_killed(void);
+unsigned long kvm_gmem_charge_pages(struct inode *inode, struct page *page,
+				    unsigned long nr, bool hard);
 int kvm_gmem_insert_folio(struct inode *inode, struct folio *folio,
 			  pgoff_t index, void *owner);
-void kvm_gmem_protmem_kick(bool now);
 #else
 /* Without CONFIG_KVM_PROTMEM no guest_memfd has a struct kvm_protmem. */
 static inline struct kvm_protmem *
-kvm_protmem_create(struct kvm_vm_stat_generic *stats,
-		   struct kvm_protmem_cache *cache)
+kvm_protmem_create(struct kvm_vm_stat_generic *stats)
 {
 	return NULL;
 }

@@ -27,7 +27,10 @@ use crate::{
     error::{code::ENOMEM, to_result, Result},
     page::Page,
 };
-use core::mem::{ManuallyDrop, MaybeUninit};
+use core::{
+    mem::{ManuallyDrop, MaybeUninit},
+    ptr::NonNull,
+};
 
 /// Owned, physically contiguous pages that can be removed from the direct map as one range.
 ///
@@ -135,33 +138,6 @@ impl<P: DirectMapPages> Removed<P> {
     /// The kernel must not read or write the page through the direct map while it is removed.
     pub fn first_page(&self) -> *mut bindings::page {
         self.pages.first_page()
-    }
-
-    /// Takes back pages that left a page cache, to add them to a page cache again without
-    /// mapping them again.
-    ///
-    /// Each page is taken off its LRU list and uncharged from its memory cgroup, as freeing it
-    /// would, and can then be added to a page cache like a newly allocated page. A page on no LRU
-    /// list is only uncharged, if it is charged.
-    ///
-    /// Fails with [`EHWPOISON`] if a page has hardware poison (the pages must not be reused), with
-    /// [`EBUSY`] if somebody else still holds a reference to a page (the page cache holds one for
-    /// a moment after `->free_folio()`), and with [`EINVAL`] for a page of a large folio or one
-    /// still in a page cache. On error the pages may be dropped (mapped again and freed), or taken
-    /// back again later.
-    ///
-    /// Might sleep.
-    ///
-    /// [`EHWPOISON`]: crate::error::code::EHWPOISON
-    /// [`EBUSY`]: crate::error::code::EBUSY
-    /// [`EINVAL`]: crate::error::code::EINVAL
-    pub fn reuse(&mut self) -> Result {
-        // SAFETY: By the type invariant and the `DirectMapPages` contract, `self` owns the pages,
-        // holding a reference to each; `direct_map_reuse_pages()` checks that none of them is in
-        // a page cache, and that nobody else holds one.
-        to_result(unsafe {
-            bindings::direct_map_reuse_pages(self.pages.first_page(), self.pages.nr_pages())
-        })
     }
 
     /// Returns whether any of the pages has hardware poison: then they must be neither zeroed nor
@@ -354,6 +330,319 @@ impl<P: DirectMapPages> Drop for Batch<P> {
     fn drop(&mut self) {
         self.flush_tlb();
         // `removed` is dropped after this: its ranges are mapped again, then dropped.
+    }
+}
+
+/// Pages from mm's direct-map pool: physically contiguous order-0 pages out of the direct map,
+/// zeroed, whose removal is flushed from every TLB.
+///
+/// Handed out by [`PoolBatch::flush`]. Dropping them frees them through the page allocator, which
+/// gives them back to the pool, still out of the direct map; the pool zeroes them before anyone
+/// gets them again. [`PoolPages::free_unused`] gives back pages that were never used without that
+/// zeroing. The pages are not reachable through a `PoolPages`: the kernel must not touch them
+/// through the direct map.
+///
+/// # Invariants
+///
+/// `first` is the first of `nr` (at least one) physically contiguous order-0 pages that
+/// `direct_map_alloc_page()` or `direct_map_alloc_block()` handed out, through a batch that was
+/// flushed since; this value holds the reference to each of them that the pool gave.
+pub struct PoolPages {
+    first: NonNull<bindings::page>,
+    nr: usize,
+}
+
+// SAFETY: A `PoolPages` is only references to pages, which may be dropped on any thread.
+unsafe impl Send for PoolPages {}
+
+// SAFETY: A shared `PoolPages` gives only the pages' address and number, which never change.
+unsafe impl Sync for PoolPages {}
+
+impl PoolPages {
+    /// Returns the number of pages.
+    pub fn nr_pages(&self) -> usize {
+        self.nr
+    }
+
+    /// Returns page `i`, which must be less than [`PoolPages::nr_pages`], e.g. to add it to a page
+    /// cache. The kernel must not read or write it through the direct map.
+    pub fn page(&self, i: usize) -> *mut bindings::page {
+        debug_assert!(i < self.nr);
+        // The `struct page`s of physically contiguous pages of one pageblock are contiguous.
+        self.first.as_ptr().wrapping_add(i)
+    }
+
+    /// Gives the pages back to the pool as they came, zeroed, without the zeroing that freeing
+    /// them costs; pages charged to a memory cgroup are uncharged.
+    ///
+    /// # Safety
+    ///
+    /// Since the pool handed them out, nobody wrote the pages, and nobody made them reachable to
+    /// anyone else: they are in no page cache, on no LRU list and mapped nowhere, their `private`
+    /// is unset, and at most `filemap_charge_folio()` charged them.
+    pub unsafe fn free_unused(self) {
+        let this = ManuallyDrop::new(self);
+
+        // SAFETY: By the type invariant these are pages of the pool, flushed, with the reference
+        // that this value held; by the safety requirements nobody wrote or reached them.
+        unsafe { bindings::direct_map_free_unused(this.first.as_ptr(), this.nr) };
+    }
+}
+
+impl Drop for PoolPages {
+    fn drop(&mut self) {
+        for i in 0..self.nr {
+            // SAFETY: By the type invariant this value holds a reference to each page; dropping it
+            // frees the page to the pool, which knows it is out of the direct map.
+            unsafe { bindings::put_page(self.page(i)) };
+        }
+    }
+}
+
+/// Pages that the pool handed out through a [`PoolBatch`] that is not flushed yet.
+///
+/// # Invariants
+///
+/// As for [`PoolPages`] (the pages are an allocation of the batch, or part of one), but the batch
+/// they came through may not be flushed yet; nobody reached them but a charge through
+/// [`PoolBatch::last`].
+struct Pending {
+    first: NonNull<bindings::page>,
+    nr: usize,
+}
+
+impl Pending {
+    /// The pages, once their batch was flushed.
+    fn flushed(self) -> PoolPages {
+        // INVARIANT: The caller flushed the batch.
+        PoolPages {
+            first: self.first,
+            nr: self.nr,
+        }
+    }
+}
+
+/// Allocations from mm's direct-map pool that share one TLB flush.
+///
+/// The pool hands out pages out of the direct map: from pageblocks it removed earlier, without a
+/// removal or a flush, or from a new pageblock that it removes through the batch. Until
+/// [`PoolBatch::flush`], other CPUs may still reach new pages through stale TLB entries, so the
+/// batch keeps them; the flush returns them as [`PoolPages`]. Dropping the batch flushes, and
+/// gives its pages back unused.
+///
+/// # Invariants
+///
+/// - `raw` was initialised by `direct_map_batch_init()` and is only changed by the
+///   `direct_map_*()` functions;
+/// - the pages of `pages` and `unused` were handed out through `raw`, and nothing else reached
+///   them but a memory cgroup charge.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{mm::direct_map::PoolBatch, prelude::*};
+///
+/// let mut batch = PoolBatch::with_capacity(2, GFP_KERNEL)?;
+/// match batch.alloc_page(GFP_KERNEL, None) {
+///     // This kernel cannot change its direct map, or its pageblocks are too large.
+///     Err(e) if e == EOPNOTSUPP => return Ok(()),
+///     r => r?,
+/// }
+/// batch.alloc_page(GFP_KERNEL, None)?;
+/// // One TLB flush at most, for a pageblock the pool removed.
+/// let pages = batch.flush(GFP_KERNEL)?;
+/// assert_eq!(pages.len(), 2);
+///
+/// // Back to the pool, out of the direct map.
+/// drop(pages);
+/// # Ok::<(), Error>(())
+/// ```
+pub struct PoolBatch {
+    raw: bindings::direct_map_batch,
+    pages: KVVec<Pending>,
+    unused: KVVec<Pending>,
+}
+
+impl PoolBatch {
+    /// Creates an empty batch with room for `n` allocations, so that making them does not
+    /// allocate room.
+    pub fn with_capacity(n: usize, flags: Flags) -> Result<Self> {
+        let mut raw = MaybeUninit::<bindings::direct_map_batch>::uninit();
+
+        // SAFETY: `direct_map_batch_init()` initialises the whole batch.
+        unsafe { bindings::direct_map_batch_init(raw.as_mut_ptr()) };
+        let mut pages = KVVec::new();
+        pages.reserve(n, flags)?;
+        // INVARIANT: `raw` is initialised, and no page was handed out.
+        Ok(Self {
+            // SAFETY: Initialised above.
+            raw: unsafe { raw.assume_init() },
+            pages,
+            unused: KVVec::new(),
+        })
+    }
+
+    /// Returns the number of pages in a block of [`PoolBatch::alloc_block`], or 0 if the pool
+    /// cannot be used on this kernel (then every allocation fails with [`EOPNOTSUPP`]).
+    ///
+    /// [`EOPNOTSUPP`]: crate::error::code::EOPNOTSUPP
+    pub fn block_pages() -> usize {
+        // SAFETY: This only reads constants.
+        unsafe { bindings::direct_map_pool_block_pages() }
+    }
+
+    fn alloc(&mut self, flags: Flags, nid: Option<i32>, block: bool) -> Result {
+        let nid = nid.unwrap_or(bindings::NUMA_NO_NODE);
+        let mut first: *mut bindings::page = core::ptr::null_mut();
+
+        // Room for it, and for two pieces of each allocation in `unused`, so that
+        // `unuse_last()` and `trim_last()` need none.
+        self.pages.reserve(1, flags)?;
+        self.unused.reserve(2 * (self.pages.len() + 1), flags)?;
+        // SAFETY: `self.raw` is initialised by the type invariant, and `first` is writable.
+        to_result(unsafe {
+            if block {
+                bindings::direct_map_alloc_block(&mut self.raw, flags.as_raw(), nid, &mut first)
+            } else {
+                bindings::direct_map_alloc_page(&mut self.raw, flags.as_raw(), nid, &mut first)
+            }
+        })?;
+        let Some(first) = NonNull::new(first) else {
+            return Err(ENOMEM);
+        };
+        let nr = if block { Self::block_pages() } else { 1 };
+        // INVARIANT: The pool handed out `nr` pages from `first`, with a reference to each,
+        // through `self.raw`.
+        if let Err(e) = self.pages.push_within_capacity(Pending { first, nr }) {
+            // Cannot happen: there is room for one more. Given back after the flush.
+            let _ = self.unused.push_within_capacity(e.0);
+            return Err(ENOMEM);
+        }
+        Ok(())
+    }
+
+    /// Takes a page from the pool, on node `nid` if it has one (`None`: the node the task's memory
+    /// policy picks), and keeps it until the batch is flushed.
+    ///
+    /// `flags` are for the room to keep it, the pool's bookkeeping, and a new pageblock if the
+    /// pool has no free page. Fails with [`ENOMEM`] when no page can be had, or [`EOPNOTSUPP`]
+    /// (see [`PoolBatch::block_pages`]); then nothing changed.
+    ///
+    /// Might sleep.
+    ///
+    /// [`EOPNOTSUPP`]: crate::error::code::EOPNOTSUPP
+    pub fn alloc_page(&mut self, flags: Flags, nid: Option<i32>) -> Result {
+        self.alloc(flags, nid, false)
+    }
+
+    /// Takes a whole block of [`PoolBatch::block_pages`] pages from the pool, as
+    /// [`PoolBatch::alloc_page`] takes a page.
+    ///
+    /// Might sleep.
+    pub fn alloc_block(&mut self, flags: Flags, nid: Option<i32>) -> Result {
+        self.alloc(flags, nid, true)
+    }
+
+    /// Returns the first page and the number of pages of the last allocation, if any, e.g. to
+    /// charge them to a memory cgroup (with `filemap_charge_folio()`) before the batch is flushed.
+    /// Nothing else may reach them before the flush.
+    pub fn last(&self) -> Option<(*mut bindings::page, usize)> {
+        self.pages.last().map(|p| (p.first.as_ptr(), p.nr))
+    }
+
+    /// Gives the last allocation back, unused: to the pool once the batch is flushed.
+    ///
+    /// Call it, or [`PoolBatch::trim_last`], at most once for an allocation: the batch keeps room
+    /// for two pieces of each.
+    pub fn unuse_last(&mut self) {
+        if let Some(p) = self.pages.pop() {
+            // Cannot fail: `alloc()` made room for every allocation in `unused`.
+            let _ = self.unused.push_within_capacity(p);
+        }
+    }
+
+    /// Keeps only the pages `start..end` of the last allocation, and gives the others back,
+    /// unused, once the batch is flushed. Does nothing unless `start < end <= ` its number of
+    /// pages. At most once for an allocation, as [`PoolBatch::unuse_last`].
+    pub fn trim_last(&mut self, start: usize, end: usize) {
+        let Some(last) = self.pages.last_mut() else {
+            return;
+        };
+        if start >= end || end > last.nr {
+            return;
+        }
+        let (first, nr) = (last.first, last.nr);
+        // INVARIANT: A piece is part of an allocation of the batch.
+        let piece = |i: usize, n: usize| Pending {
+            // SAFETY: `i < nr`, and the `struct page`s of the `nr` physically contiguous pages of
+            // one pageblock are contiguous, so the result is in bounds of them.
+            first: unsafe { first.add(i) },
+            nr: n,
+        };
+
+        *last = piece(start, end - start);
+        // Cannot fail: `alloc()` made room for two pieces of every allocation.
+        if start > 0 {
+            let _ = self.unused.push_within_capacity(piece(0, start));
+        }
+        if end < nr {
+            let _ = self.unused.push_within_capacity(piece(end, nr - end));
+        }
+    }
+
+    /// Returns the number of pages that the pool removed through the batch, for the pages it
+    /// handed out (a new pageblock is removed whole).
+    pub fn nr_removed(&self) -> usize {
+        self.raw.nr_pages
+    }
+
+    /// Returns the number of large (1G, 2M) mappings that the removals split.
+    pub fn nr_splits(&self) -> usize {
+        self.raw.nr_splits
+    }
+
+    /// Flushes the TLBs of all CPUs, once, if the pool removed or zeroed anything through the
+    /// batch, gives back what [`PoolBatch::unuse_last`] let go, and returns the pages, in the
+    /// order they were allocated.
+    ///
+    /// Fails with [`ENOMEM`] if there is no room for the list it returns (`flags`); then every
+    /// page is given back.
+    pub fn flush(mut self, flags: Flags) -> Result<KVVec<PoolPages>> {
+        self.flush_tlb();
+        self.give_back_unused();
+        // On error the pages are given back when `self` is dropped.
+        let mut pages = KVVec::with_capacity(self.pages.len(), flags)?;
+        for p in core::mem::take(&mut self.pages) {
+            // Cannot fail: there is room for every allocation.
+            let _ = pages.push_within_capacity(p.flushed());
+        }
+        Ok(pages)
+    }
+
+    fn flush_tlb(&mut self) {
+        // SAFETY: `self.raw` is initialised by the type invariant.
+        unsafe { bindings::direct_map_batch_flush(&mut self.raw) };
+    }
+
+    /// Gives back the pages of `unused`. The caller flushed the batch.
+    fn give_back_unused(&mut self) {
+        for p in core::mem::take(&mut self.unused) {
+            // SAFETY: By the type invariant nothing reached the pages but a charge; the batch is
+            // flushed.
+            unsafe { p.flushed().free_unused() };
+        }
+    }
+}
+
+impl Drop for PoolBatch {
+    fn drop(&mut self) {
+        self.flush_tlb();
+        self.give_back_unused();
+        for p in core::mem::take(&mut self.pages) {
+            // SAFETY: By the type invariant nothing reached the pages but a charge; the batch is
+            // flushed.
+            unsafe { p.flushed().free_unused() };
+        }
     }
 }
 

@@ -6,14 +6,16 @@
  *
  *   plain     guest_memfd without the flag (nothing is removed);
  *   per-page  the flag, with kvm.gmem_no_direct_map_blocks=N (each page is
- *             removed on its own, as earlier proposals did);
- *   blocks    the flag, with 2 MiB blocks (the default), and the cache of free
- *             blocks off (kvm.gmem_no_direct_map_cache=0): every block is
- *             allocated, zeroed and removed, and mapped again at teardown;
- *   cached    the same with the cache holding enough blocks, filled by an
- *             untimed run before: every block comes from the cache, already
- *             zeroed and removed.  The cache is emptied before "left" is
- *             counted.
+ *             taken on its own from mm's direct-map pool, which removes
+ *             whole pageblocks for them);
+ *   blocks    the flag, with 2 MiB blocks (the default), and the pool
+ *             keeping no free block (direct_map_pool.max_free_blocks=0):
+ *             every block is allocated and removed, and mapped again at
+ *             teardown;
+ *   cached    the same with the pool keeping enough free blocks, filled by
+ *             an untimed run before: every block comes from the pool,
+ *             already zeroed and removed.  The pool is emptied before "left"
+ *             is counted.
  *
  * For each size, a software-protected VM converts its memory to private in
  * 2 MiB requests, the way a VMM handles KVM_HC_MAP_GPA_RANGE for memory
@@ -43,7 +45,7 @@
 #include "test_util.h"
 
 #define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
-#define CACHE_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_cache"
+#define CACHE_PARAM	"/sys/module/direct_map_pool/parameters/max_free_blocks"
 
 enum mode { PLAIN, PER_PAGE, BLOCKS, CACHED, NR_MODES };
 
@@ -71,7 +73,7 @@ static void set_blocks(bool on)
 	write_file(BLOCKS_PARAM, on ? "Y" : "N");
 }
 
-/* Lowering the limit frees the blocks beyond it: 0 empties the cache. */
+/* Lowering the limit frees the blocks beyond it: 0 empties the pool. */
 static void set_cache(u64 blocks)
 {
 	char buf[32];
@@ -80,7 +82,7 @@ static void set_cache(u64 blocks)
 	write_file(CACHE_PARAM, buf);
 }
 
-/* Fill the cache with @size of free blocks. */
+/* Fill the pool with @size of free blocks. */
 static void warm_cache(u64 size)
 {
 	struct kvm_vm *vm = vm_create_barebones_type(KVM_X86_SW_PROTECTED_VM);

@@ -47,7 +47,7 @@
 #define DATA_GPA		SZ_4G
 #define DATA_SIZE		SZ_32M
 #define NR_RANGES		(DATA_SIZE / SZ_2M)
-#define CACHE_PARAM		"/sys/module/kvm/parameters/gmem_no_direct_map_cache"
+#define CACHE_PARAM		"/sys/module/direct_map_pool/parameters/max_free_blocks"
 #define MAP_GPA_PRIVATE		BIT_ULL(4)	/* KVM_MAP_GPA_RANGE_ENCRYPTED */
 /* Free pages the run may end with fewer of: what KVM or the harness keep. */
 #define FREE_SLACK		256
@@ -363,7 +363,7 @@ int main(int argc, char *argv[])
 	TEST_ASSERT(argc <= 3 && seconds > 0 && (!plain || !strcmp(argv[2], "plain")),
 		    "usage: %s [seconds > 0, default 20] [plain]", argv[0]);
 	TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SW_PROTECTED_VM));
-	/* The counters and the cache are there only with the flag's code. */
+	/* The counters and the pool are there only with the flag's code. */
 	series = !access(CACHE_PARAM, W_OK);
 	if (plain) {
 		gmem_flags = 0;

@@ -9,10 +9,11 @@
  * fail_page_alloc and failslab (CONFIG_FAIL_PAGE_ALLOC, CONFIG_FAILSLAB);
  * the host kernel's view of the memory is read from /proc/kcore
  * (CONFIG_PROC_KCORE).  Tests that need them skip without them.  The tests
- * of the "mode" fixture run twice: with memory removed in 2 MiB blocks (the
- * default) and page by page (kvm.gmem_no_direct_map_blocks=N), both with the
- * cache of free blocks turned off (kvm.gmem_no_direct_map_cache=0), which the
- * block_cache tests turn on.
+ * of the "mode" fixture run twice: with a whole 2 MiB block of mm's
+ * direct-map pool for each 2 MiB range (the default) and page by page
+ * (kvm.gmem_no_direct_map_blocks=N), both with the pool keeping no free
+ * block (direct_map_pool.max_free_blocks=0), which the block_cache tests
+ * turn on.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -52,7 +53,7 @@
 
 #define FAIL_DIR	"/sys/kernel/debug/fail_direct_map/"
 #define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
-#define CACHE_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_cache"
+#define CACHE_PARAM	"/sys/module/direct_map_pool/parameters/max_free_blocks"
 #define BLOCK_PAGES	(SZ_2M / PAGE_SIZE)
 #define CG_ROOT		"/sys/fs/cgroup"
 #define CG_TEST		CG_ROOT "/gmem_no_direct_map_test"
@@ -112,9 +113,10 @@ static void write_int(const char *path, int val)
 }
 
 /*
- * Set the most free 2 MiB blocks the kernel keeps off the direct map, and
- * return the old limit.  Lowering it frees the blocks beyond the new limit at
- * once, so 0 empties the cache.
+ * Set the most free 2 MiB blocks that mm's direct-map pool keeps off the
+ * direct map, and return the old limit.  Lowering it maps the blocks beyond
+ * the new limit again and frees them before the write returns, so 0 empties
+ * the pool of free blocks.
  */
 static int block_cache(int max)
 {
@@ -185,16 +187,22 @@ static bool can_inject(void)
 	return !access(FAIL_DIR "times", W_OK);
 }
 
-/* Fail the nth removal from now on, once. */
+/*
+ * Fail every removal from the nth from now on: the pool removes 2 MiB
+ * pageblocks, and tries another node when a removal fails, so one failure
+ * alone may not reach the caller.  The fault point skips @space bytes.
+ */
 static void inject_nth(int nth)
 {
 	char buf[32];
 
 	write_file(FAIL_DIR "verbose", "0");
 	write_file(FAIL_DIR "probability", "100");
-	snprintf(buf, sizeof(buf), "%d", nth);
-	write_file(FAIL_DIR "interval", buf);
-	write_file(FAIL_DIR "times", "1");
+	write_file(FAIL_DIR "interval", "1");
+	snprintf(buf, sizeof(buf), "%lu",
+		 nth > 1 ? (nth - 1) * (unsigned long)SZ_2M + 1 : 0);
+	write_file(FAIL_DIR "space", buf);
+	write_file(FAIL_DIR "times", "-1");
 }
 
 static void inject_off(void)
@@ -202,6 +210,7 @@ static void inject_off(void)
 	write_file(FAIL_DIR "times", "0");
 	write_file(FAIL_DIR "probability", "0");
 	write_file(FAIL_DIR "interval", "1");
+	write_file(FAIL_DIR "space", "0");
 }
 
 static struct kvm_vm *vm_with_gmem(void *guest_code, struct kvm_vcpu **vcpu,
@@ -476,8 +485,7 @@ TEST_F(mode, stats_follow_the_page_cache)
 	/* One page out of the second half. */
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
 			    DATA_SIZE / 2 + PAGE_SIZE, PAGE_SIZE), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_pages),
-		  DATA_PAGES / 2 - (variant->blocks ? 0 : 1));
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES / 2 - 1);
 
 	/* Closing the last file restores the rest, while the VM lives. */
 	vm_mem_region_delete(vm, DATA_SLOT);
@@ -544,7 +552,7 @@ TEST(blocks_fall_back_to_pages)
 	if (access(FAIL_PAGE_DIR "times", W_OK) || access(BLOCKS_PARAM, W_OK))
 		SKIP(return, "no " FAIL_PAGE_DIR " (CONFIG_FAIL_PAGE_ALLOC) or " BLOCKS_PARAM);
 
-	/* A cached block would be used instead of the failing allocation. */
+	/* A free block of the pool would be used instead of a new one. */
 	cache = block_cache(0);
 	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
 			  &gmem);
@@ -555,7 +563,8 @@ TEST(blocks_fall_back_to_pages)
 	write_file(FAIL_PAGE_DIR "min-order", "9");
 	write_file(FAIL_PAGE_DIR "probability", "100");
 	write_file(FAIL_PAGE_DIR "interval", "1");
-	write_file(FAIL_PAGE_DIR "times", "1");
+	/* The pool's new block on this node, then anywhere. */
+	write_file(FAIL_PAGE_DIR "times", "2");
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, SZ_2M), 0);
 	write_file(FAIL_PAGE_DIR "times", "0");
 	write_file(FAIL_PAGE_DIR "probability", "0");
@@ -589,10 +598,11 @@ static void guest_mark_then_check_zero(void)
 }
 
 /*
- * The tests of the block cache start with 2 MiB blocks on and the cache
- * empty, and read the direct-map counters after emptying it (which restores
- * what it held); each sets the limit it needs.  The old limit is put back
- * afterwards.
+ * The block_cache tests (of the pool's free blocks, which took the place of
+ * guest_memfd's own block cache) start with 2 MiB blocks on and the pool
+ * keeping no free block, and read the direct-map counters after emptying it
+ * (which restores what it held); each sets the limit it needs.  The old
+ * limit is put back afterwards.
  */
 FIXTURE(block_cache) {
 	int cache;
@@ -631,7 +641,7 @@ FIXTURE_TEARDOWN_PARENT(block_cache)
 }
 
 /*
- * Free 2 MiB blocks stay off the direct map, in the cache, and the next
+ * Free 2 MiB blocks stay off the direct map, in the pool, and the next
  * request takes them from there: no removal, no flush, no restore, and the
  * guest finds them zeroed.  Lowering the limit to 0 maps them again.
  */
@@ -744,11 +754,10 @@ static void *race(void *arg)
 /*
  * Requests that find the same 2 MiB range empty at the same time (fallocate()
  * holds the invalidate lock shared, and a guest fault takes no lock of the
- * file) add one 2 MiB block between them, not part of a block each; and a page
- * punched and added again leaves at most two pages behind its index, so the
- * guest_memfd holds at most twice its size.  Counted with the VM's stats in
- * each of RACE_ROUNDS rounds; in every other round the first request takes
- * its block from the block cache.
+ * file) add one 2 MiB block between them, not part of a block each.  Counted
+ * with the VM's stats in each of RACE_ROUNDS rounds; in every other round the
+ * first request takes its block from the pool's free blocks.  Whatever was
+ * removed is mapped again once the pool keeps nothing.
  */
 TEST_F_TIMEOUT(block_cache, populate_race, 120)
 {
@@ -780,7 +789,7 @@ TEST_F_TIMEOUT(block_cache, populate_race, 120)
 
 	for (round = 0; round < RACE_ROUNDS; round++) {
 		/*
-		 * Every other round, one block in the cache (the warm-up
+		 * Every other round, one free block in the pool (the warm-up
 		 * allocates it): the first request takes it, and the others
 		 * race it with blocks they allocate.
 		 */
@@ -825,11 +834,10 @@ TEST_F_TIMEOUT(block_cache, populate_race, 120)
 	TH_LOG("%d/%d rounds added >1 block, %d none; most pages removed %lu, in the file %lu",
 	       extra, RACE_ROUNDS, singles, most, (u64)BLOCK_PAGES);
 	ASSERT_EQ(extra, 0);
-	ASSERT_LE(most, 2 * BLOCK_PAGES);
 
 	close(gmem);
 	kvm_vm_free(vm);
-	/* Everything removed is mapped again once the cache lets go. */
+	/* Everything removed is mapped again once the pool lets go. */
 	block_cache(0);
 	ASSERT_EQ(get_vmstat("direct_map_removed") - self->removed0,
 		  get_vmstat("direct_map_restored") - self->restored0);
@@ -931,7 +939,7 @@ static bool page_tables_under_init_mm_lock(int *saved_hvo)
 }
 
 /*
- * Real reclaim runs the cache's shrinker: kswapd, woken by an allocation
+ * Real reclaim runs the pool's shrinker: kswapd, woken by an allocation
  * that takes free memory below the low watermark (raised here to 30% of
  * memory), holds the reclaim context and calls every shrinker while it
  * cannot free the anonymous memory that fills the machine.  The blocks must
@@ -981,11 +989,12 @@ TEST_F_TIMEOUT(block_cache, shrinker_under_kswapd, 300)
 	self->wsf = read_int(WSF);
 	write_int(WSF, 3000);
 	/*
-	 * Fill in steps until the blocks come back, leaving 5% of memory
-	 * free.  Stopping at kswapd's first run is not enough: kswapd runs per
-	 * node, ends as soon as one eligible zone is balanced, and reaches the
-	 * shrinkers only at a low priority (1024 pages >> priority), so with
-	 * two nodes it may run and stop without ever asking the cache.
+	 * Fill in steps until both blocks come back (a scan of the pool's
+	 * shrinker gives back one), leaving 5% of memory free.  Stopping at
+	 * kswapd's first run is not enough: kswapd runs per node, ends as
+	 * soon as one eligible zone is balanced, and reaches the shrinkers
+	 * only at a low priority (1024 pages >> priority), so with two nodes
+	 * it may run and stop without ever asking the pool.
 	 */
 	max = read_meminfo("MemFree") - total / 20;
 	mem = mmap(NULL, max, PROT_READ | PROT_WRITE,
@@ -995,7 +1004,8 @@ TEST_F_TIMEOUT(block_cache, shrinker_under_kswapd, 300)
 	madvise(mem, max, MADV_NOHUGEPAGE);
 	kswapd0 = get_vmstat("pageoutrun");
 	len = 0;
-	while (len < max && get_vmstat("direct_map_restored") == restored0) {
+	while (len < max &&
+	       get_vmstat("direct_map_restored") < restored0 + DATA_PAGES) {
 		step = min_t(u64, SZ_64M, max - len);
 		if (madvise(mem + len, step, MADV_POPULATE_WRITE))
 			memset(mem + len, 1, step);
@@ -1095,8 +1105,8 @@ static void leave_test_cgroup(void)
 
 /*
  * Memory outside the direct map is charged to the memory cgroup of the task
- * that allocates it, uncharged when it leaves the guest_memfd (also into the
- * block cache), and charged again when it comes back from the cache.
+ * that allocates it, uncharged when it leaves the guest_memfd (back to the
+ * pool), and charged again when it comes back from the pool.
  */
 TEST_F(block_cache, memcg_charges_the_vm)
 {
@@ -1190,37 +1200,40 @@ static int fallocate_in_cgroup(int gmem, u64 offset, u64 len)
 
 /*
  * Ask for the 2 MiB block at @offset from a memory cgroup with room for less
- * than that, and check that the refusal (ENOMEM, or the OOM killer) cost no
- * removal from the direct map, no TLB flush and no cached block.
+ * than that, while the pool has a free block, and check that the refusal
+ * (ENOMEM, or the OOM killer) cost no removal from the direct map, no TLB
+ * flush, and no page left in the file.
  */
 static void refused_for_free(struct __test_metadata *_metadata,
 			     struct kvm_vm *vm, int gmem, u64 offset)
 {
-	u64 removals = vm_get_stat(vm, direct_map_removals);
+	u64 removed = get_vmstat("direct_map_removed");
 	u64 flushes = vm_get_stat(vm, direct_map_flushes);
-	u64 reused = vm_get_stat(vm, direct_map_reused);
+	u64 pages = vm_get_stat(vm, direct_map_pages);
 	int r = fallocate_in_cgroup(gmem, offset, SZ_2M);
 
 	EXPECT_TRUE(r == ENOMEM || r == -SIGKILL) TH_LOG("child: %d", r);
-	EXPECT_EQ(vm_get_stat(vm, direct_map_removals) - removals, 0);
+	EXPECT_EQ(get_vmstat("direct_map_removed") - removed, 0);
 	EXPECT_EQ(vm_get_stat(vm, direct_map_flushes) - flushes, 0);
-	EXPECT_EQ(vm_get_stat(vm, direct_map_reused) - reused, 0);
+	EXPECT_EQ(vm_get_stat(vm, direct_map_pages), pages);
 }
 
 /*
- * A memory cgroup at its limit refuses memory before it is removed from the
- * direct map: a request is charged whole before any of it is removed, so
- * that a refused request costs no removal, no TLB flush (IPIs to every CPU)
- * and no cached block.  The requests come from children in a cgroup with
- * room for 300 pages; its OOM killer kills them, as it would kill a VMM.
+ * A memory cgroup at its limit refuses memory before it costs the direct map
+ * much: each allocation from the pool is charged right after it, so that a
+ * refused request costs no removal and no TLB flush (IPIs to every CPU) when
+ * the pool has a free block, and at most one block removed, which the pool
+ * keeps, when it has none, however large the request.  The requests come
+ * from children in a cgroup with room for 300 pages; its OOM killer may kill
+ * them, as it would kill a VMM.
  */
 TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
 {
-	u64 restores0, removed, restored0, stock;
+	u64 restores0, removed, restored0, restored, flushes, stock;
 	struct kvm_vcpu *vcpu;
 	long max_events;
 	struct kvm_vm *vm;
-	int gmem, i;
+	int gmem, i, r;
 
 	/* A memcg OOM panics the host with panic_on_oom=2. */
 	if (read_int("/proc/sys/vm/panic_on_oom") == 2)
@@ -1228,7 +1241,7 @@ TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
 	vm = vm_with_gmem(guest_nothing, &vcpu, GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
 			  &gmem);
 
-	/* One free block in the cache, for the first 2 MiB of the file. */
+	/* One free block in the pool, for the first 2 MiB of the file. */
 	block_cache(1);
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, SZ_2M), 0);
 	restored0 = get_vmstat("direct_map_restored");
@@ -1243,7 +1256,7 @@ TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
 	/* Room for more than a charge batch (64 pages), not for a block. */
 	write_int(CG_TEST "/memory.max", 300 * PAGE_SIZE);
 	max_events = cgroup_key(CG_TEST "/memory.events", "max");
-	/* The block in the cache is charged, refused and kept. */
+	/* The pool's free block is charged, refused and kept. */
 	for (i = 0; i < 4; i++)
 		refused_for_free(_metadata, vm, gmem, 0);
 	write_file(CG_TEST "/memory.max", "max");
@@ -1252,11 +1265,25 @@ TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
 			    0, SZ_2M), 0);
 
-	/* A new block, with the cache empty. */
+	/*
+	 * With the pool empty, a request for the whole file (two blocks): the
+	 * pool removes a new block for it (one flush, counted), which the
+	 * cgroup refuses, and the request stops there; the block stays in the
+	 * pool, and the next requests cost nothing.
+	 */
 	block_cache(0);
+	block_cache(DATA_PAGES / BLOCK_PAGES);
 	write_int(CG_TEST "/memory.max", 300 * PAGE_SIZE);
-	for (i = 0; i < 4; i++)
+	removed = get_vmstat("direct_map_removed");
+	restored = get_vmstat("direct_map_restored");
+	flushes = vm_get_stat(vm, direct_map_flushes);
+	r = fallocate_in_cgroup(gmem, 0, DATA_SIZE);
+	EXPECT_TRUE(r == ENOMEM || r == -SIGKILL) TH_LOG("child: %d", r);
+	EXPECT_EQ(get_vmstat("direct_map_removed") - removed, BLOCK_PAGES);
+	EXPECT_EQ(vm_get_stat(vm, direct_map_flushes) - flushes, 1);
+	for (i = 0; i < 3; i++)
 		refused_for_free(_metadata, vm, gmem, SZ_2M);
+	EXPECT_EQ(get_vmstat("direct_map_restored"), restored);
 
 	/* Each request got to the limit; none left a charge behind. */
 	ASSERT_GE(cgroup_key(CG_TEST "/memory.events", "max") - max_events, 8);
@@ -1395,9 +1422,11 @@ static const char *poison(u64 pfn)
  * Hardware poison in a page out of the direct map (memory_failure(), as
  * hwpoison/corrupt-pfn simulates it): it ends as it does in plain
  * guest_memfd, and once the page leaves the file the poisoned page is
- * never mapped again, zeroed or cached, while the rest of its 2 MiB block
- * is mapped again and freed.  On a real machine check, touching the page
- * again would be fatal; here the test counts what the direct map did.
+ * never mapped again, zeroed or reused.  The pool hands out no other page of
+ * its 2 MiB block; it maps the rest of the block again and frees it once the
+ * poisoned page came back too, and keeps the block out of use while
+ * memory_failure() holds the page (it does when it failed).  On a real machine check, touching the
+ * page again would be fatal; here the test counts what the direct map did.
  *
  * It poisons two pages of the host for good (they stay out of use, and out
  * of the direct map, which also refuses hibernation until the next boot):
@@ -1448,12 +1477,16 @@ TEST_F_TIMEOUT(block_cache, hwpoison, 120)
 	restored0 = get_vmstat("direct_map_restored");
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
 			    0, SZ_2M), 0);
-	/* PUNCH_HOLE drains what it released before it returns. */
+	/* PUNCH_HOLE waits for the pool's worker before it returns. */
 	restored = get_vmstat("direct_map_restored") - restored0;
-	ASSERT_EQ(restored, BLOCK_PAGES - 1);
+	/*
+	 * memory_failure() keeps its reference to a page it failed on: the
+	 * page never comes back, and its block stays in the pool, out of use.
+	 */
+	ASSERT_EQ(restored, strcmp(result, "failed") ? BLOCK_PAGES - 1 : 0);
 	ASSERT_TRUE(page_poisoned(pfn));
 
-	/* Not cached: the next 2 MiB is a new block, without the poison. */
+	/* Not reused: the next 2 MiB is a new block, without the poison. */
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, SZ_2M), 0);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), 0);
 out:
@@ -1739,6 +1772,28 @@ static struct mapped hotplug_round(struct __test_metadata *_metadata,
 }
 
 /*
+ * Fill the hot-added node with free 2 MiB blocks of the pool, out of the
+ * direct map: a guest_memfd as large as the node takes them there (and
+ * elsewhere once the node is full), and leaves them in the pool.
+ */
+static void pool_fill_node(struct __test_metadata *_metadata, struct hotplug *h)
+{
+	u64 restored0 = get_vmstat("direct_map_restored");
+	struct kvm_vm *vm = vm_create_barebones_type(KVM_X86_SW_PROTECTED_VM);
+	int gmem = vm_create_guest_memfd(vm, SZ_1G,
+					 GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+
+	write_file(BLOCKS_PARAM, "Y");
+	block_cache(SZ_1G / SZ_2M);
+	TEST_ASSERT(!fallocate_in_cgroup_node(gmem, 0, SZ_1G, h->node),
+		    "fallocate on node %d", h->node);
+	close(gmem);
+	kvm_vm_free(vm);
+	TEST_ASSERT(get_vmstat("direct_map_restored") == restored0,
+		    "the pool did not keep the blocks");
+}
+
+/*
  * Memory that the hotplug code mapped with 2M pages is removed and restored
  * in 2 MiB blocks and page by page, and is mapped with 2M pages again, not
  * with a 1G page: memory hot-remove takes down only whole 1G mappings, and
@@ -1748,7 +1803,7 @@ static struct mapped hotplug_round(struct __test_metadata *_metadata,
 TEST_F_TIMEOUT(block_cache, hotplugged_memory, 300)
 {
 	const char *opt_in = getenv(HOTPLUG_OPT_IN);
-	u64 mapped_2m, mapped_1g;
+	u64 mapped_2m, mapped_1g, restored0, restored;
 	struct dimm *gone = NULL;
 	struct hotplug h;
 	struct mapped m;
@@ -1786,13 +1841,23 @@ TEST_F_TIMEOUT(block_cache, hotplugged_memory, 300)
 	 * Eject a device whose memory goes offline (kernel allocations made
 	 * while the memory was bound there may pin some; the kernel reports
 	 * each failure with a dump of the page): its memory block is removed,
-	 * and its mapping with it.
+	 * and its mapping with it.  The memory is full of free blocks of the
+	 * pool: they do not keep it online, the pool gives them back when the
+	 * memory is isolated.
 	 */
 	write_file("/proc/sys/vm/drop_caches", "3");
+	pool_fill_node(_metadata, &h);
+	/* Only the offline gives blocks back now: the shrinkers ran before. */
+	restored0 = get_vmstat("direct_map_restored");
 	for (i = h.nr - 1; i >= 0 && !gone; i--)
 		if (set_block_state(h.dimm[i].block, "offline", 1))
 			gone = &h.dimm[i];
+	restored = get_vmstat("direct_map_restored") - restored0;
+	block_cache(0);
 	ASSERT_NE(gone, NULL) TH_LOG("no memory device of the range goes offline");
+	TH_LOG("memory%d went offline: %lu pages of free pool blocks given back",
+	       gone->block, restored);
+	ASSERT_GE(restored, BLOCK_PAGES);
 	snprintf(path, sizeof(path), ACPI_DEVICES "%s/eject", gone->name);
 	write_file(path, "1");
 	snprintf(path, sizeof(path), MEMORY_DIR "memory%d", gone->block);
@@ -2053,7 +2118,7 @@ FIXTURE_VARIANT_ADD(fail_nth, per_page) {
 	.blocks = false,
 };
 
-/* Blocks taken from the cache of free blocks. */
+/* Blocks taken from the pool's free blocks. */
 FIXTURE_VARIANT_ADD(fail_nth, cached) {
 	.name = "cached",
 	.blocks = true,
@@ -2229,7 +2294,7 @@ static void nth_finish(struct __test_metadata *_metadata,
 	ASSERT_GT(free_delta, -NTH_FREE_SLACK);
 }
 
-/* With the cache on, two free blocks are in it before each call. */
+/* With the pool keeping them, two free blocks are in it before each call. */
 static void nth_fill_cache(struct nth *t, bool cached)
 {
 	if (!cached)
