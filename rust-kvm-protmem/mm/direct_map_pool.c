@@ -29,6 +29,8 @@
  *   restores and frees the blocks the pool does not keep (over the limit,
  *   asked for by the shrinker or hibernation, with hardware poison, or in a
  *   pageblock being isolated for offlining or a contiguous allocation).
+ *   alloc_contig_range() restores and frees the free blocks of the range it
+ *   isolated itself, also in process context and outside reclaim.
  *
  * Free pages of the pool have a reference count of zero, like free pages of
  * the page allocator, so that a speculative reference (folio_try_get())
@@ -68,7 +70,7 @@ enum dm_block_state {
 	DM_BLOCK_USED,		/* no clean page to hand out: on no list */
 	DM_BLOCK_PARTIAL,	/* some pages free: on its node's partial list */
 	DM_BLOCK_FREE,		/* every page free and zeroed: on a free list */
-	DM_BLOCK_WORK,		/* every page back: the worker's */
+	DM_BLOCK_WORK,		/* every page back: the worker's, on no list or its list */
 	DM_BLOCK_PENDING,	/* new, its removal not flushed: one batch's */
 };
 
@@ -79,8 +81,6 @@ enum dm_block_state {
  * @nid: node of the block
  * @state: where the block is
  * @poisoned: a page of the block has hardware poison: hand out no other
- * @release: give the block back to the page allocator once it is complete
- *           (its pageblock is being isolated, or it is poisoned)
  * @dying: being given back: the isolation path must not touch it
  * @rcu: the block is freed after a grace period, for that path
  * @next_pending: the next block pending in the same batch
@@ -89,10 +89,11 @@ enum dm_block_state {
  * @bits: two bitmaps of pageblock_nr_pages bits: which pages are free, and
  *        which free pages need zeroing before they are handed out
  *
- * Protected by dm_pool.lock, except @pfn and @nid, which never change.  Only
- * the worker frees a block, once every page is back: the free path cannot
- * reach it then, and the isolation path finds it under RCU and checks
- * @dying.
+ * Protected by dm_pool.lock, except @pfn and @nid, which never change.  A
+ * block is freed only once every page is back, by the task that took it in
+ * DM_BLOCK_WORK off every list (the worker, or
+ * direct_map_pool_drain_isolated()): the free path cannot reach it then,
+ * and the isolation path finds it under RCU and checks @dying.
  */
 struct dm_block {
 	struct list_head list;
@@ -100,7 +101,6 @@ struct dm_block {
 	int nid;
 	enum dm_block_state state;
 	bool poisoned;
-	bool release;
 	bool dying;
 	struct rcu_head rcu;
 	struct dm_block *next_pending;
@@ -216,7 +216,7 @@ static bool dm_block_settle(struct dm_block *b)
 		 * Clean (given back unused), and room for it: free at once, for
 		 * the next user.  The allocators check it for hardware poison.
 		 */
-		if (!b->poisoned && !b->release && !dm_block_isolated(b) &&
+		if (!b->poisoned && !dm_block_isolated(b) &&
 		    bitmap_empty(dm_dirty_bits(b), pageblock_nr_pages) &&
 		    !dm_pool.no_keep &&
 		    dm_pool.nr_free_blocks < dm_pool_max_free_blocks) {
@@ -227,7 +227,7 @@ static bool dm_block_settle(struct dm_block *b)
 		b->state = DM_BLOCK_WORK;
 		return true;
 	}
-	if (b->poisoned || b->release) {
+	if (b->poisoned) {
 		list_del_init(&b->list);
 		b->state = DM_BLOCK_USED;
 	} else if (b->state == DM_BLOCK_USED && b->nr_free) {
@@ -388,8 +388,10 @@ bool direct_map_pool_isolate(struct page *page)
 	 * Only a question, maybe a probe (pfn_range_valid_contig()), under the
 	 * zone's lock: change nothing, wake nobody.  A free block is movable:
 	 * the worker gives back the free blocks of isolated pageblocks when it
-	 * runs, which the MEM_GOING_OFFLINE notifier makes it do.  A block with
-	 * pages in use is unmovable, and stays in use.
+	 * runs, which the MEM_GOING_OFFLINE notifier makes it do, and the
+	 * allocators, which claim a free block before they hand out any of it,
+	 * look for the isolate bit under the zone's lock after the claim.  A
+	 * block with pages in use, or claimed, is unmovable, and stays in use.
 	 */
 	spin_lock_irqsave(&dm_pool.lock, flags);
 	movable = b->dying || b->state == DM_BLOCK_FREE ||
@@ -412,7 +414,8 @@ static void dm_block_mark(struct dm_block *b, bool pool)
 /*
  * Restore the block's pages and free them to the page allocator, zeroed,
  * except pages with hardware poison, which stay out of the direct map and
- * out of use.  The block is the worker's: it is complete and on no list.
+ * out of use.  The block is the caller's (the worker's, or
+ * direct_map_pool_drain_isolated()'s): it is complete and on no list.
  */
 static void dm_block_release(struct dm_block *b)
 {
@@ -445,6 +448,63 @@ static void dm_block_release(struct dm_block *b)
 	}
 	count_vm_events(DIRECT_MAP_POOL_RELEASED, released);
 	kfree_rcu(b, rcu);
+}
+
+/*
+ * Called by alloc_contig_range() once the pageblocks of [@start_pfn,
+ * @end_pfn) are isolated, so that the free blocks of the pool there are free
+ * in the page allocator when it tests the range.  Isolation found each such
+ * block free, the worker's, or being released; one an allocator claimed
+ * just before the isolate bit was set goes to the worker too.  Free blocks
+ * are released here, in the caller's context (a clean block needs no
+ * allocation); for the others, wait for the worker, and look again once.
+ * Offlining waits for the worker from its MEM_GOING_OFFLINE notifier.
+ *
+ * Context: Process context; may sleep.
+ */
+void direct_map_pool_drain_isolated(unsigned long start_pfn,
+				    unsigned long end_pfn)
+{
+	struct dm_block *b;
+	struct page *page;
+	unsigned long pfn;
+	bool wait;
+	int pass;
+
+	if (!static_branch_unlikely(&direct_map_pool_used))
+		return;
+	might_sleep();
+
+	for (pass = 0; pass < 2; pass++) {
+		wait = false;
+		for (pfn = pageblock_start_pfn(start_pfn); pfn < end_pfn;
+		     pfn += pageblock_nr_pages) {
+			page = pfn_to_online_page(pfn);
+			if (!page || !direct_map_pool_page(page))
+				continue;
+			/* The spinlock is the RCU section for xa_load(). */
+			spin_lock_irq(&dm_pool.lock);
+			b = xa_load(&dm_blocks, pfn >> pageblock_order);
+			if (b && b->state == DM_BLOCK_FREE &&
+			    dm_block_isolated(b)) {
+				dm_block_leave_free(b);
+				list_del_init(&b->list);
+				b->state = DM_BLOCK_WORK;
+			} else {
+				wait = true;
+				b = NULL;
+			}
+			spin_unlock_irq(&dm_pool.lock);
+			if (b) {
+				dm_block_release(b);
+				cond_resched();
+			}
+		}
+		if (!wait)
+			return;
+		dm_pool_kick();
+		flush_work(&dm_pool_work);
+	}
 }
 
 /* Zero the pages of @bits of a block through temporary mappings. */
@@ -577,7 +637,7 @@ static void dm_pool_worker(struct work_struct *work)
 
 	list_for_each_entry_safe(b, tmp, &blocks, list) {
 		list_del_init(&b->list);
-		if (b->poisoned || b->release || dm_block_isolated(b) ||
+		if (b->poisoned || dm_block_isolated(b) ||
 		    b->nr_free != pageblock_nr_pages ||
 		    direct_map_has_hwpoison(dm_block_page(b, 0), pageblock_nr_pages) ||
 		    READ_ONCE(dm_pool.no_keep) ||
@@ -675,18 +735,89 @@ static int dm_pool_node(int nid)
 }
 
 /*
+ * Take the first free block of @nid off its list, for the caller alone: in
+ * DM_BLOCK_USED, with every page still free, the isolation hook calls it
+ * unmovable from now on.
+ */
+static struct dm_block *dm_pool_claim_free(int nid)
+{
+	struct dm_block *b;
+
+	lockdep_assert_held(&dm_pool.lock);
+	b = list_first_entry_or_null(&dm_pool.free[nid], struct dm_block, list);
+	if (b) {
+		dm_block_leave_free(b);
+		list_del_init(&b->list);
+		b->state = DM_BLOCK_USED;
+	}
+	return b;
+}
+
+/*
+ * Whether the pageblock of a block just claimed is isolated.
+ * set_migratetype_isolate() asks direct_map_pool_isolate() and sets the
+ * isolate bit in one section under the zone's lock.  Taking that lock
+ * after the claim orders this check after any isolation that found the
+ * block free (its bit is set then), and any isolation after it finds the
+ * block in use and fails.  Without it the pool could hand out a block of
+ * a pageblock that offlining has just isolated, and offlining would retry
+ * on pages that never come back.
+ */
+static bool dm_block_isolated_after_claim(struct dm_block *b)
+{
+	struct zone *zone = page_zone(dm_block_page(b, 0));
+	bool isolated;
+
+	lockdep_assert_irqs_enabled();
+	lockdep_assert_not_held(&dm_pool.lock);
+	spin_lock_irq(&zone->lock);
+	isolated = dm_block_isolated(b);
+	spin_unlock_irq(&zone->lock);
+	return isolated;
+}
+
+/*
+ * Claim a free block of @nid whose pageblock is not isolated and has no
+ * hardware poison.  The others go to the worker, which releases them; set
+ * *@kick then.  Drops and takes dm_pool.lock again.
+ */
+static struct dm_block *dm_pool_claim_usable(int nid, bool *kick)
+{
+	struct dm_block *b;
+	bool poison, isolated;
+
+	lockdep_assert_held(&dm_pool.lock);
+	while ((b = dm_pool_claim_free(nid))) {
+		spin_unlock_irq(&dm_pool.lock);
+		poison = direct_map_has_hwpoison(dm_block_page(b, 0),
+						 pageblock_nr_pages);
+		isolated = dm_block_isolated_after_claim(b);
+		spin_lock_irq(&dm_pool.lock);
+		if (!poison && !isolated)
+			return b;
+		/* Complete, and poisoned or isolated: the worker's. */
+		b->poisoned |= poison;
+		*kick |= dm_block_settle(b);
+	}
+	return NULL;
+}
+
+/*
  * Take a clean free page of a block (or, failing that, a dirty one, which
  * the caller zeroes).  Return its index, or -1 if the block has none to
- * hand out, in which case the block has been taken off its list.
+ * hand out, in which case the block has been taken off its list (and
+ * given to the worker if it is complete).  The block
+ * is partial, or claimed (a block whose pageblock can be isolated is free,
+ * or the worker's: never one of these).
  */
-static long dm_block_take_page(struct dm_block *b, bool *dirty)
+static long dm_block_take_page(struct dm_block *b, bool *dirty, bool *kick)
 {
 	unsigned long *free = dm_free_bits(b), *dbits = dm_dirty_bits(b);
 	unsigned long i = pageblock_nr_pages, j;
 
 	lockdep_assert_held(&dm_pool.lock);
 
-	if (!b->poisoned && !b->release && !dm_block_isolated(b)) {
+	if (!b->poisoned) {
 		for_each_set_bit(j, free, pageblock_nr_pages) {
 			if (PageHWPoison(dm_block_page(b, j))) {
 				b->poisoned = true;
@@ -702,14 +833,13 @@ static long dm_block_take_page(struct dm_block *b, bool *dirty)
 	}
 	if (b->poisoned || i == pageblock_nr_pages) {
 		/* Nothing to hand out: the worker releases it once complete. */
-		if (b->state == DM_BLOCK_FREE) {
-			dm_block_leave_free(b);
-			list_move_tail(&b->list, &dm_pool.work);
+		WARN_ON_ONCE(!b->poisoned && b->nr_free);
+		list_del_init(&b->list);
+		b->state = DM_BLOCK_USED;
+		if (dm_block_complete(b)) {
+			list_add_tail(&b->list, &dm_pool.work);
 			b->state = DM_BLOCK_WORK;
-			dm_pool_kick();
-		} else {
-			list_del_init(&b->list);
-			b->state = DM_BLOCK_USED;
+			*kick = true;
 		}
 		return -1;
 	}
@@ -717,14 +847,12 @@ static long dm_block_take_page(struct dm_block *b, bool *dirty)
 	__clear_bit(i, free);
 	*dirty = __test_and_clear_bit(i, dbits);
 	b->nr_free--;
-	if (b->state == DM_BLOCK_FREE) {
-		dm_block_leave_free(b);
-		list_move_tail(&b->list, &dm_pool.partial[b->nid]);
-		b->state = DM_BLOCK_PARTIAL;
-	}
 	if (!b->nr_free) {
 		list_del_init(&b->list);
 		b->state = DM_BLOCK_USED;
+	} else if (b->state == DM_BLOCK_USED) {
+		/* Claimed: its other pages are for anyone now. */
+		dm_block_settle(b);
 	}
 	return i;
 }
@@ -733,10 +861,11 @@ static long dm_block_take_page(struct dm_block *b, bool *dirty)
 static struct dm_block *dm_pool_take_page(int nid, bool any, long *i,
 					  bool *dirty)
 {
-	struct dm_block *b;
+	struct dm_block *b = NULL;
+	bool kick = false;
 	int n;
 
-	guard(spinlock_irq)(&dm_pool.lock);
+	spin_lock_irq(&dm_pool.lock);
 	for_each_node(n) {
 		if (!any && n != nid)
 			continue;
@@ -744,16 +873,20 @@ static struct dm_block *dm_pool_take_page(int nid, bool any, long *i,
 			b = list_first_entry_or_null(&dm_pool.partial[n],
 						     struct dm_block, list);
 			if (!b)
-				b = list_first_entry_or_null(&dm_pool.free[n],
-							     struct dm_block, list);
+				b = dm_pool_claim_usable(n, &kick);
 			if (!b)
 				break;
-			*i = dm_block_take_page(b, dirty);
+			*i = dm_block_take_page(b, dirty, &kick);
 			if (*i >= 0)
-				return b;
+				goto out;
 		}
 	}
-	return NULL;
+	b = NULL;
+out:
+	spin_unlock_irq(&dm_pool.lock);
+	if (kick)
+		dm_pool_kick();
+	return b;
 }
 
 /* A free page on @nid of a block pending in @batch: removed through it, clean. */
@@ -903,32 +1036,25 @@ EXPORT_SYMBOL_FOR_MODULES(direct_map_alloc_page, "kvm");
 /* A free block of @nid, or of any node if @any. */
 static struct dm_block *dm_pool_take_block(int nid, bool any)
 {
-	struct dm_block *b, *tmp;
+	struct dm_block *b = NULL;
+	bool kick = false;
 	int n;
 
-	guard(spinlock_irq)(&dm_pool.lock);
+	spin_lock_irq(&dm_pool.lock);
 	for_each_node(n) {
 		if (!any && n != nid)
 			continue;
-		list_for_each_entry_safe(b, tmp, &dm_pool.free[n], list) {
-			dm_block_leave_free(b);
-			if (b->release || dm_block_isolated(b) ||
-			    direct_map_has_hwpoison(dm_block_page(b, 0),
-						    pageblock_nr_pages)) {
-				/* The worker releases it. */
-				list_move_tail(&b->list, &dm_pool.work);
-				b->state = DM_BLOCK_WORK;
-				dm_pool_kick();
-				continue;
-			}
-			list_del_init(&b->list);
-			b->state = DM_BLOCK_USED;
+		b = dm_pool_claim_usable(n, &kick);
+		if (b) {
 			bitmap_zero(dm_free_bits(b), pageblock_nr_pages);
 			b->nr_free = 0;
-			return b;
+			break;
 		}
 	}
-	return NULL;
+	spin_unlock_irq(&dm_pool.lock);
+	if (kick)
+		dm_pool_kick();
+	return b;
 }
 
 /**

@@ -316,10 +316,175 @@ static void direct_map_pool_test_hwpoison(struct kunit *test)
 	__free_page(page + 1);
 }
 
+static enum dm_block_state dm_pool_block_state(struct page *page)
+{
+	struct dm_block *b;
+
+	guard(spinlock_irq)(&dm_pool.lock);
+	b = dm_pool_block_of(page);
+	return b ? b->state : -1;
+}
+
+/* A free block of the pool, the only one (the others are released). */
+static struct page *dm_pool_free_block(struct kunit *test)
+{
+	struct direct_map_batch batch;
+	struct page *page;
+	unsigned long i;
+
+	dm_pool_set_limit(test, 0);
+	dm_pool_settle();
+	WRITE_ONCE(dm_pool_max_free_blocks, UINT_MAX);
+
+	direct_map_batch_init(&batch);
+	KUNIT_ASSERT_EQ(test, direct_map_alloc_block(&batch, GFP_KERNEL,
+						     NUMA_NO_NODE, &page), 0);
+	direct_map_batch_flush(&batch);
+	for (i = 0; i < pageblock_nr_pages; i++)
+		put_page(page + i);
+	dm_pool_settle();
+	if (dm_pool_block_state(page) != DM_BLOCK_FREE)
+		kunit_skip(test, "another user of the pool took the block");
+	return page;
+}
+
+static void dm_pool_unisolate(void *data)
+{
+	unsigned long pfn = page_to_pfn((struct page *)data);
+
+	undo_isolate_page_range(pfn, pfn + pageblock_nr_pages);
+}
+
+/* Isolate the pageblock of a free block, or skip if another user took it. */
+static void dm_pool_isolate_free(struct kunit *test, struct page *page)
+{
+	unsigned long pfn = page_to_pfn(page);
+	int ret;
+
+	ret = start_isolate_page_range(pfn, pfn + pageblock_nr_pages,
+				       PB_ISOLATE_MODE_OTHER);
+	if (ret && dm_pool_block_state(page) != DM_BLOCK_FREE)
+		kunit_skip(test, "another user of the pool took the block");
+	KUNIT_ASSERT_EQ(test, ret, 0);
+	KUNIT_ASSERT_EQ(test, kunit_add_action_or_reset(test, dm_pool_unisolate,
+							page), 0);
+}
+
+/*
+ * The pool answers the isolation's question under the zone's lock, where the
+ * isolate bit is set, but hands out free blocks under its own lock.  A
+ * block an allocator has claimed is unmovable: its isolation fails.  A
+ * block whose pageblock was isolated (the pool called it movable) before
+ * the claim is not handed out: the allocator looks for the isolate bit
+ * after the claim, under the zone's lock, and gives the block to the
+ * worker, which frees it into the isolated pageblock.  The race itself is
+ * too short to be hit here; isolating first and allocating after is the
+ * order that the second look exists for.  Both allocators claim free
+ * blocks through dm_pool_claim_usable().
+ */
+static void direct_map_pool_test_isolated(struct kunit *test)
+{
+	struct direct_map_batch batch;
+	struct dm_pool_counts a, b;
+	struct page *page, *other;
+	struct dm_block *blk;
+	unsigned long pfn, i;
+	int nid, ret;
+
+	/* No other free block: the allocator claims this one first. */
+	page = dm_pool_free_block(test);
+	pfn = page_to_pfn(page);
+	nid = page_to_nid(page);
+
+	/* Claimed: isolation fails, and changes nothing. */
+	spin_lock_irq(&dm_pool.lock);
+	blk = dm_pool_claim_free(nid);
+	spin_unlock_irq(&dm_pool.lock);
+	if (blk != dm_pool_block_of(page)) {
+		if (blk) {
+			bool kick;
+
+			spin_lock_irq(&dm_pool.lock);
+			kick = dm_block_settle(blk);
+			spin_unlock_irq(&dm_pool.lock);
+			if (kick)
+				dm_pool_kick();
+		}
+		kunit_skip(test, "another user of the pool took the block");
+	}
+	ret = start_isolate_page_range(pfn, pfn + pageblock_nr_pages,
+				       PB_ISOLATE_MODE_OTHER);
+	if (!ret)
+		undo_isolate_page_range(pfn, pfn + pageblock_nr_pages);
+	/* Back, first on its free list again. */
+	spin_lock_irq(&dm_pool.lock);
+	dm_block_settle(blk);
+	if (blk->state == DM_BLOCK_FREE)
+		list_move(&blk->list, &dm_pool.free[nid]);
+	spin_unlock_irq(&dm_pool.lock);
+	KUNIT_EXPECT_EQ(test, ret, -EBUSY);
+	KUNIT_ASSERT_EQ(test, dm_pool_block_state(page), DM_BLOCK_FREE);
+
+	/* Isolated while free, then asked for: the worker's, not handed out. */
+	dm_pool_disable_work(test);
+	dm_pool_isolate_free(test, page);
+	dm_pool_read_counts(test, &a);
+	direct_map_batch_init(&batch);
+	KUNIT_ASSERT_EQ(test, direct_map_alloc_block(&batch, GFP_KERNEL, nid,
+						     &other), 0);
+	direct_map_batch_flush(&batch);
+	KUNIT_EXPECT_NE(test, page_to_pfn(other), pfn);
+	KUNIT_EXPECT_EQ(test, dm_pool_block_state(page), DM_BLOCK_WORK);
+	for (i = 0; i < pageblock_nr_pages; i++)
+		put_page(other + i);
+	kunit_release_action(test, dm_pool_enable_work, NULL);
+	dm_pool_settle();
+	dm_pool_read_counts(test, &b);
+
+	KUNIT_EXPECT_NULL(test, dm_pool_block_of(page));
+	KUNIT_EXPECT_GE(test, b.released - a.released, pageblock_nr_pages);
+	/* Every page is free in the isolated pageblock: offlining goes on. */
+	KUNIT_EXPECT_EQ(test, test_pages_isolated(pfn, pfn + pageblock_nr_pages,
+						  PB_ISOLATE_MODE_OTHER), 0);
+}
+
+/*
+ * A contiguous allocation over a free block of the pool gets it: the
+ * allocation gives the block back itself once its pageblock is isolated,
+ * before the range is tested (the worker is held off to show that).
+ */
+static void direct_map_pool_test_contig(struct kunit *test)
+{
+#ifdef CONFIG_CONTIG_ALLOC
+	enum dm_block_state state;
+	struct page *page;
+	unsigned long pfn, i;
+	int ret;
+
+	page = dm_pool_free_block(test);
+	pfn = page_to_pfn(page);
+	dm_pool_disable_work(test);
+	ret = alloc_contig_range(pfn, pfn + pageblock_nr_pages, ACR_FLAGS_NONE,
+				 GFP_KERNEL);
+	state = dm_pool_block_state(page);
+	if (ret && (state == DM_BLOCK_USED || state == DM_BLOCK_PARTIAL))
+		kunit_skip(test, "another user of the pool took the block");
+	KUNIT_ASSERT_EQ(test, ret, 0);
+	KUNIT_EXPECT_NULL(test, dm_pool_block_of(page));
+	for (i = 0; i < pageblock_nr_pages; i += 64)
+		dm_pool_expect_released(test, page + i);
+	free_contig_range(pfn, pageblock_nr_pages);
+#else
+	kunit_skip(test, "no CONFIG_CONTIG_ALLOC");
+#endif
+}
+
 static struct kunit_case direct_map_pool_test_cases[] = {
 	KUNIT_CASE(direct_map_pool_test_free_path),
 	KUNIT_CASE(direct_map_pool_test_block),
 	KUNIT_CASE(direct_map_pool_test_hwpoison),
+	KUNIT_CASE(direct_map_pool_test_isolated),
+	KUNIT_CASE(direct_map_pool_test_contig),
 	{}
 };
 
