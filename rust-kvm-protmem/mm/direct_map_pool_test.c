@@ -66,6 +66,16 @@ static bool dm_pool_page_state(struct page *page, bool *dirty)
 	return free;
 }
 
+/* Where the block of a page is, or -1 if the pool has no such block. */
+static enum dm_block_state dm_pool_block_state(struct page *page)
+{
+	struct dm_block *b;
+
+	guard(spinlock_irq)(&dm_pool.lock);
+	b = dm_pool_block_of(page);
+	return b ? b->state : -1;
+}
+
 /* Let the worker finish what the frees so far gave it. */
 static void dm_pool_settle(void)
 {
@@ -233,7 +243,6 @@ static void direct_map_pool_test_block(struct kunit *test)
 	struct shrink_control sc = { .gfp_mask = GFP_KERNEL };
 	struct direct_map_batch batch;
 	struct dm_pool_counts a, b;
-	enum dm_block_state state;
 	struct page *page;
 	unsigned long i;
 
@@ -248,10 +257,7 @@ static void direct_map_pool_test_block(struct kunit *test)
 	for (i = 0; i < pageblock_nr_pages; i++)
 		put_page(page + i);
 	dm_pool_settle();
-	spin_lock_irq(&dm_pool.lock);
-	state = dm_pool_block_of(page) ? dm_pool_block_of(page)->state : -1;
-	spin_unlock_irq(&dm_pool.lock);
-	KUNIT_EXPECT_EQ(test, state, DM_BLOCK_FREE);
+	KUNIT_EXPECT_EQ(test, dm_pool_block_state(page), DM_BLOCK_FREE);
 	KUNIT_EXPECT_FALSE(test, dm_pool_readable(page));
 
 	/* Reclaim asks; it restores nothing itself. */
@@ -314,15 +320,6 @@ static void direct_map_pool_test_hwpoison(struct kunit *test)
 	direct_map_restore(page + 1, 1);
 	direct_map_pool_post_alloc(page + 1, GFP_KERNEL);
 	__free_page(page + 1);
-}
-
-static enum dm_block_state dm_pool_block_state(struct page *page)
-{
-	struct dm_block *b;
-
-	guard(spinlock_irq)(&dm_pool.lock);
-	b = dm_pool_block_of(page);
-	return b ? b->state : -1;
 }
 
 /* A free block of the pool, the only one (the others are released). */

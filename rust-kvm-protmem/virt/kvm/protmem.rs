@@ -314,6 +314,15 @@ unsafe fn charge_last(
     charged == to - from
 }
 
+/// Reschedules if needed, and fails with `EINTR` if the current task has a fatal signal.
+fn stop_if_killed() -> Result {
+    // SAFETY: Only reschedules, and reads the current task's signals.
+    if unsafe { bindings::kvm_gmem_populate_killed() } {
+        return Err(EINTR);
+    }
+    Ok(())
+}
+
 /// Takes the pages of `wants` from the pool through `batch`, charging each allocation right
 /// after it, and records the first index of each in `firsts`.
 ///
@@ -330,10 +339,7 @@ unsafe fn allocate(
 
     for w in wants {
         // An OOM-killed VMM must not go on taking memory.
-        // SAFETY: Only reschedules, and reads the current task's signals.
-        if unsafe { bindings::kvm_gmem_populate_killed() } {
-            return Err(EINTR);
-        }
+        stop_if_killed()?;
         // SAFETY: `inode` is a live guest_memfd inode.
         let nid = match unsafe { bindings::kvm_gmem_node(inode, w.first) } {
             bindings::NUMA_NO_NODE => None,
@@ -364,10 +370,7 @@ unsafe fn allocate(
             continue;
         }
         for i in w.lo..w.hi {
-            // SAFETY: Only reschedules, and reads the current task's signals.
-            if unsafe { bindings::kvm_gmem_populate_killed() } {
-                return Err(EINTR);
-            }
+            stop_if_killed()?;
             batch.alloc_page(gfp, nid)?;
             // SAFETY: `inode` is a live guest_memfd inode; the page is not charged.
             if !unsafe { charge_last(inode, batch, 0, 1, true) } {
