@@ -83,9 +83,14 @@ def bench(results):
     path = os.path.join(results, 'bench.txt')
     if not os.path.exists(path):
         return '  (the benchmark did not run in the recorded run)'
+    # The conversions' table and its text, then (bench-plot.py's e2e_table())
+    # the end-to-end runs from the line that starts "End to end".
+    lines = open(path).read().splitlines()
+    cut = next((i for i, line in enumerate(lines) if line.startswith('End to end')),
+               len(lines))
+    lines, e2e = lines[:cut], lines[cut:]
     rows, rest = [], []
-    for line in open(path):
-        line = line.rstrip('\n')
+    for line in lines:
         if line.startswith('|'):
             cells = [c.strip() for c in line.strip('|').split('|')]
             if all(set(c) <= set('-: ') for c in cells):
@@ -108,6 +113,19 @@ def bench(results):
         t = t.replace('`', '')
         out.append('')
         out.extend(textwrap.wrap(t, 72, initial_indent='  ', subsequent_indent='  '))
+    if e2e:
+        cells = [[c.strip() for c in line.strip('|').split('|')]
+                 for line in e2e if line.startswith('|')]
+        cells = [c for c in cells if not all(set(x) <= set('-: ') for x in c)]
+        text = [line.strip() for line in e2e if line.strip() and not line.startswith('|')]
+        intro = [t for t in text if not t.startswith('Target')]
+        out.append('')
+        out.extend(textwrap.wrap(' '.join(intro), 72))
+        out.append('')
+        out.append(table(cells[0], cells[1:]))
+        for t in text[len(intro):]:
+            out.append('')
+            out.extend(textwrap.wrap(t, 72, initial_indent='  ', subsequent_indent='  '))
     return '\n'.join(out)
 
 

@@ -199,6 +199,46 @@ bool direct_map_page_present(struct page *page)
 EXPORT_SYMBOL_FOR_MODULES(direct_map_page_present, "kvm");
 
 /**
+ * direct_map_vmap_page - Map a page that is out of the direct map
+ * @page: the page; the caller holds a reference to it until
+ *        direct_map_vunmap_page() returns
+ *
+ * Give the kernel a mapping of @page, whose direct-map entry may be
+ * removed, in the vmalloc area.  No other address of the page is used, so
+ * the page's direct-map entry stays as it is.
+ *
+ * Context: Process context; may sleep.
+ * Return: the address of the page, or NULL when out of memory.
+ */
+void *direct_map_vmap_page(struct page *page)
+{
+	return vmap(&page, 1, VM_MAP, PAGE_KERNEL);
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_vmap_page, "kvm");
+
+/**
+ * direct_map_vunmap_page - Take down a mapping from direct_map_vmap_page()
+ * @addr: the address direct_map_vmap_page() returned
+ *
+ * vunmap() clears the mapping but leaves the TLB entries that CPUs may hold
+ * for it until the vmalloc area is purged, which may be long after.  Flush
+ * them here, so that when this returns no CPU can reach the page through
+ * @addr, and the page may be freed (and handed to another user of the
+ * direct-map pool).
+ *
+ * Context: Process context; may sleep.
+ */
+void direct_map_vunmap_page(void *addr)
+{
+	unsigned long start = (unsigned long)addr & PAGE_MASK;
+
+	vunmap(addr);
+	/* The address is not reused before the purge, which flushes too. */
+	flush_tlb_kernel_range(start, start + PAGE_SIZE);
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_vunmap_page, "kvm");
+
+/**
  * direct_map_has_hwpoison - Whether removed pages have hardware poison
  * @page: first page of a physically contiguous range
  * @nr: number of pages in the range

@@ -147,6 +147,38 @@ static void direct_map_test_unreachable(struct kunit *test)
 	__free_pages(page, PMD_ORDER);
 }
 
+/*
+ * A removed page is reachable through direct_map_vmap_page() alone, and
+ * through nothing once direct_map_vunmap_page() returns.
+ */
+static void direct_map_test_vmap_alias(struct kunit *test)
+{
+	struct page *page = alloc_page(GFP_KERNEL);
+	char c;
+	u8 *va;
+
+	KUNIT_ASSERT_NOT_NULL(test, page);
+	memset(page_address(page), 0x5a, PAGE_SIZE);
+	KUNIT_ASSERT_EQ(test, direct_map_remove(page, 1), 0);
+
+	va = direct_map_vmap_page(page);
+	KUNIT_ASSERT_NOT_NULL(test, va);
+	KUNIT_EXPECT_TRUE(test, is_vmalloc_addr(va));
+	KUNIT_EXPECT_PTR_EQ(test, vmalloc_to_page(va), page);
+	KUNIT_EXPECT_EQ(test, va[PAGE_SIZE - 1], 0x5a);
+	va[0] = 0xa5;
+	KUNIT_EXPECT_FALSE(test, dm_readable(page));
+	KUNIT_EXPECT_FALSE(test, direct_map_page_present(page));
+
+	direct_map_vunmap_page(va);
+	KUNIT_EXPECT_NULL(test, vmalloc_to_page(va));
+	KUNIT_EXPECT_NE(test, copy_from_kernel_nofault(&c, va, 1), 0);
+
+	direct_map_restore(page, 1);
+	KUNIT_EXPECT_EQ(test, *(u8 *)page_address(page), 0xa5);
+	__free_page(page);
+}
+
 static void direct_map_test_whole_pmd_no_split(struct kunit *test)
 {
 	struct dm_counts a, b, c;
@@ -393,6 +425,7 @@ static void direct_map_test_hwpoison(struct kunit *test)
 
 static struct kunit_case direct_map_test_cases[] = {
 	KUNIT_CASE(direct_map_test_unreachable),
+	KUNIT_CASE(direct_map_test_vmap_alias),
 	KUNIT_CASE(direct_map_test_whole_pmd_no_split),
 	KUNIT_CASE(direct_map_test_one_page_split_collapse),
 	KUNIT_CASE(direct_map_test_batch_one_flush),

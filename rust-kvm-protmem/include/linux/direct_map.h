@@ -58,6 +58,8 @@ void direct_map_batch_flush(struct direct_map_batch *batch);
 int direct_map_remove(struct page *page, unsigned long nr);
 void direct_map_restore(struct page *page, unsigned long nr);
 bool direct_map_page_present(struct page *page);
+void *direct_map_vmap_page(struct page *page);
+void direct_map_vunmap_page(void *addr);
 bool direct_map_has_hwpoison(struct page *page, unsigned long nr);
 bool direct_map_removal_active(void);
 int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
@@ -96,6 +98,15 @@ static inline void direct_map_restore(struct page *page, unsigned long nr)
 static inline bool direct_map_page_present(struct page *page)
 {
 	return true;
+}
+
+static inline void *direct_map_vmap_page(struct page *page)
+{
+	return NULL;
+}
+
+static inline void direct_map_vunmap_page(void *addr)
+{
 }
 
 static inline bool direct_map_has_hwpoison(struct page *page, unsigned long nr)

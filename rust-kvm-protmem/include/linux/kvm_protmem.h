@@ -28,7 +28,8 @@ struct kvm_protmem *kvm_protmem_create(struct kvm_vm_stat_generic *stats);
 void kvm_protmem_detach(struct kvm_protmem *pm);
 void kvm_protmem_put(struct kvm_protmem *pm);
 int kvm_protmem_populate(struct kvm_protmem *pm, struct inode *inode,
-			 pgoff_t start, pgoff_t end, pgoff_t size, bool blocks);
+			 pgoff_t start, pgoff_t end, pgoff_t size, bool blocks,
+			 bool interruptible);
 void kvm_protmem_free_folio(void *owner);
 
 /* Implemented in virt/kvm/guest_memfd.c, for the Rust side. */

@@ -167,7 +167,7 @@ pub unsafe extern "C" fn kvm_protmem_put(pm: *mut bindings::kvm_protmem) {
 ///
 /// All or nothing: every page of the request is taken from the pool, with one TLB flush for the
 /// pageblocks the pool removed for it, and charged to the memory cgroup of the page cache, before
-/// any enters the page cache. If the pool has no memory (`-ENOMEM`) or the cgroup refuses it,
+/// any enters the page cache. If the pool has no memory (`-ENOSPC`) or the cgroup refuses it,
 /// nothing is added and the pages go back to the pool unused: a cgroup at its limit costs no
 /// zeroing, and a removal only when the pool had no free pageblock, which it then keeps. If the
 /// page cache fails to add a page (`-ENOMEM` for its own tree), the pages added before it stay,
@@ -176,7 +176,14 @@ pub unsafe extern "C" fn kvm_protmem_put(pm: *mut bindings::kvm_protmem) {
 /// The caller serialises the requests of an inode (guest_memfd.c's `populate_lock`), so each
 /// sees the pages the others added: an index of the file holds at most one page.
 ///
-/// Returns 0, `-ENOMEM`, `-EINTR`, `-EOPNOTSUPP` (no pool), or an error of the page cache.
+/// With `interruptible`, any signal stops the request before it takes memory (`-EINTR`), as it
+/// stops plain guest_memfd's fallocate(); without (a fault on a user mapping), only a fatal
+/// signal does: a VMM that kicks its vCPU threads with signals must not see its own accesses
+/// fail. A fatal signal stops a request between two allocations in either mode.
+///
+/// Returns 0, `-ENOMEM` (the memory cgroup refused a page, or no room for the request's
+/// bookkeeping), `-ENOSPC` (the pool had no page, or could not take one out of the direct map),
+/// `-EINTR`, `-EOPNOTSUPP` (no pool), or an error of the page cache.
 ///
 /// # Safety
 ///
@@ -190,12 +197,13 @@ pub unsafe extern "C" fn kvm_protmem_populate(
     end: usize,
     size: usize,
     blocks: bool,
+    interruptible: bool,
 ) -> c_int {
     // SAFETY: By the safety requirements `pm` came from `into_foreign()` and is owned by the
     // inode, which outlives this call.
     let pm = unsafe { <Arc<Protmem> as ForeignOwnable>::borrow(pm.cast()) };
     // SAFETY: `inode` is a live guest_memfd inode of `size` pages by the safety requirements.
-    match unsafe { populate(pm, inode, start, end, size, blocks) } {
+    match unsafe { populate(pm, inode, start, end, size, blocks, interruptible) } {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
@@ -234,12 +242,13 @@ unsafe fn wants(
     end: usize,
     size: usize,
     blocks: bool,
+    interruptible: bool,
 ) -> Result<KVVec<Want>> {
     let mut wants = KVVec::new();
     let mut index = start;
 
     while index < end {
-        if current!().signal_pending() {
+        if interruptible && current!().signal_pending() {
             return Err(EINTR);
         }
         // SAFETY: `inode` is a live guest_memfd inode.
@@ -371,7 +380,10 @@ unsafe fn allocate(
         }
         for i in w.lo..w.hi {
             stop_if_killed()?;
-            batch.alloc_page(gfp, nid)?;
+            // The pool has no page to give: not the memory cgroup's refusal.
+            batch
+                .alloc_page(gfp, nid)
+                .map_err(|e| if e == ENOMEM { ENOSPC } else { e })?;
             // SAFETY: `inode` is a live guest_memfd inode; the page is not charged.
             if !unsafe { charge_last(inode, batch, 0, 1, true) } {
                 return Err(ENOMEM);
@@ -394,10 +406,11 @@ unsafe fn populate(
     end: usize,
     size: usize,
     blocks: bool,
+    interruptible: bool,
 ) -> Result {
     let blocks = blocks && PoolBatch::block_pages() == BLOCK_PAGES;
     // SAFETY: As for this function.
-    let wants = unsafe { wants(inode, start, end, size, blocks) }?;
+    let wants = unsafe { wants(inode, start, end, size, blocks, interruptible) }?;
     if wants.is_empty() {
         return Ok(());
     }

@@ -24,7 +24,10 @@
  * guest_memfd and the VM are closed.  /proc/vmstat and the VM's stats give
  * the splits, collapses, flushes and pages; the clock gives the rate.
  *
- * Prints a table and, one per mode and size, "csv:" lines for
+ * Then the end-to-end cost (below), at 64 MiB or the maximum size if it
+ * is smaller.
+ *
+ * Prints tables and, one per mode and size, "csv:" and "e2e:" lines for
  * scripts/bench-plot.py.  Exits 1 if a figure breaks a rule that must
  * always hold (a page left out of the direct map after teardown, more than
  * one TLB flush per request); the targets are reported, not enforced.
@@ -42,7 +45,9 @@
 #include <linux/sizes.h>
 
 #include "kvm_util.h"
+#include "processor.h"
 #include "test_util.h"
+#include "ucall_common.h"
 
 #define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
 #define CACHE_PARAM	"/sys/module/direct_map_pool/parameters/max_free_blocks"
@@ -157,6 +162,140 @@ static void run(enum mode mode, u64 size, struct result *r)
 	r->left = (c.removed - z.removed) - (c.restored - z.restored);
 }
 
+/*
+ * End to end: a vCPU writes every page of its memory, from fresh memory (the
+ * pool keeping no free block) and from the pool's free blocks, for plain
+ * guest_memfd and with the flag, in four ways:
+ *
+ *   fallocate  the VMM allocates the private memory (fallocate()) first;
+ *   fault      the guest's faults bring in the private memory;
+ *   mmap-vmm   MMAP | INIT_SHARED on a KVM_X86_DEFAULT_VM, the VMM touches
+ *              every page through its mapping first;
+ *   mmap-guest the same, the guest's faults bring the memory in.
+ *
+ * The time runs from the first allocation to the guest's last write.
+ */
+#define E2E_GPA		SZ_4G
+#define E2E_SLOT	10
+
+enum e2e { E2E_FALLOCATE, E2E_FAULT, E2E_MMAP_VMM, E2E_MMAP_GUEST, NR_E2E };
+
+static const char * const e2e_name[NR_E2E] = {
+	"fallocate", "fault", "mmap-vmm", "mmap-guest"
+};
+
+static u64 e2e_size;
+
+static void guest_touch_all(void)
+{
+	u64 off;
+
+	for (off = 0; off < e2e_size; off += PAGE_SIZE)
+		WRITE_ONCE(*(u64 *)(E2E_GPA + off), off);
+	GUEST_DONE();
+}
+
+struct e2e_result {
+	double secs;
+	u64 flushes, l2_splits;
+};
+
+static void e2e_run(enum e2e how, bool ndm, bool cached, u64 size,
+		    struct e2e_result *r)
+{
+	bool mapped = how == E2E_MMAP_VMM || how == E2E_MMAP_GUEST;
+	const struct vm_shape shape = {
+		.mode = VM_MODE_DEFAULT,
+		.type = mapped ? KVM_X86_DEFAULT_VM : KVM_X86_SW_PROTECTED_VM,
+	};
+	u64 flags = (ndm ? GUEST_MEMFD_FLAG_NO_DIRECT_MAP : 0) |
+		    (mapped ? GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED : 0);
+	struct kvm_vcpu *vcpu;
+	struct counters a, b;
+	struct kvm_vm *vm;
+	struct ucall uc;
+	double t0;
+	u8 *mem;
+	u64 off;
+	int fd;
+
+	set_cache(0);
+	set_blocks(true);
+	if (cached && ndm) {
+		set_cache(size / SZ_2M);
+		warm_cache(size);
+	}
+
+	/* Room in the first memslot for the page tables of the mapping. */
+	vm = __vm_create_shape_with_one_vcpu(shape, &vcpu, size / PAGE_SIZE / 256,
+					     guest_touch_all);
+	e2e_size = size;
+	sync_global_to_guest(vm, e2e_size);
+	fd = vm_create_guest_memfd(vm, size, flags);
+	vm_mem_add(vm, mapped ? VM_MEM_SRC_GUEST_MEMFD_NO_DIRECT_MAP :
+		   VM_MEM_SRC_ANONYMOUS, E2E_GPA, E2E_SLOT, size / PAGE_SIZE,
+		   KVM_MEM_GUEST_MEMFD, fd, 0);
+	virt_map(vm, E2E_GPA, E2E_GPA, size / PAGE_SIZE);
+	if (!mapped)
+		vm_set_memory_attributes(vm, E2E_GPA, size,
+					 KVM_MEMORY_ATTRIBUTE_PRIVATE);
+	mem = addr_gpa2hva(vm, E2E_GPA);
+
+	read_counters(&a);
+	t0 = now();
+	if (how == E2E_FALLOCATE)
+		TEST_ASSERT(!fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size),
+			    "fallocate");
+	if (how == E2E_MMAP_VMM)
+		for (off = 0; off < size; off += PAGE_SIZE)
+			WRITE_ONCE(mem[off], 1);
+	vcpu_run(vcpu);
+	r->secs = now() - t0;
+	read_counters(&b);
+	TEST_ASSERT_KVM_EXIT_REASON(vcpu, KVM_EXIT_IO);
+	TEST_ASSERT_EQ(get_ucall(vcpu, &uc), UCALL_DONE);
+	r->flushes = b.flushes - a.flushes;
+	r->l2_splits = b.l2_splits - a.l2_splits;
+
+	close(fd);
+	kvm_vm_free(vm);
+	set_cache(0);
+}
+
+/* Returns whether a rule that must always hold was broken. */
+static int end_to_end(u64 size)
+{
+	int how, cached, bad = 0;
+
+	printf("%-10s %-6s %5s %9s %9s %8s %10s %9s\n", "end to end", "from",
+	       "MiB", "plain s", "flag s", "vs plain", "flush/2MiB",
+	       "l2spl/GiB");
+	for (how = 0; how < NR_E2E; how++) {
+		for (cached = 0; cached < 2; cached++) {
+			struct e2e_result plain, flag;
+			double blocks = (double)size / SZ_2M;
+
+			e2e_run(how, false, false, size, &plain);
+			e2e_run(how, true, cached, size, &flag);
+			printf("%-10s %-6s %5lu %9.3f %9.3f %7.2fx %10.3f %9.1f\n",
+			       e2e_name[how], cached ? "pool" : "fresh",
+			       size / SZ_1M, plain.secs, flag.secs,
+			       plain.secs / flag.secs, flag.flushes / blocks,
+			       flag.l2_splits / ((double)size / SZ_1G));
+			printf("e2e: %s,%s,%lu,%.6f,%.6f,%lu,%lu\n",
+			       e2e_name[how], cached ? "pool" : "fresh",
+			       size / SZ_1M, plain.secs, flag.secs,
+			       flag.flushes, flag.l2_splits);
+			if (flag.flushes > blocks) {
+				printf("# %s: %lu flushes for %.0f blocks\n",
+				       e2e_name[how], flag.flushes, blocks);
+				bad = 1;
+			}
+		}
+	}
+	return bad;
+}
+
 int main(int argc, char *argv[])
 {
 	u64 max = (argc > 1 ? strtoull(argv[1], NULL, 0) : 1024) * SZ_1M;
@@ -205,6 +344,7 @@ int main(int argc, char *argv[])
 			}
 		}
 	}
+	bad |= end_to_end(min_t(u64, max, SZ_64M));
 	set_blocks(true);
 	set_cache(16);
 	return bad;

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 
 #include <linux/elf.h>
@@ -41,6 +43,7 @@
 #include "kvm_util.h"
 #include "numaif.h"
 #include "processor.h"
+#include "svm_util.h"
 #include "test_util.h"
 #include "kselftest_harness.h"
 
@@ -226,41 +229,54 @@ static struct kvm_vm *vm_with_gmem(void *guest_code, struct kvm_vcpu **vcpu,
 	return vm;
 }
 
+/* The flags of this series, and what each VM type takes. */
+#define GMEM_FLAGS	(GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED | \
+			 GUEST_MEMFD_FLAG_NO_DIRECT_MAP)
+#define NDM_MAPPED	GMEM_FLAGS
+
+/*
+ * KVM_CAP_GUEST_MEMFD_FLAGS lists exactly the flags that work, system-wide
+ * (/dev/kvm) and per VM type: INIT_SHARED only where the VM has no private
+ * memory, as without NO_DIRECT_MAP.  Every combination of listed flags
+ * works, NO_DIRECT_MAP with MMAP and INIT_SHARED included.
+ */
 TEST(flags_and_caps)
 {
-	const struct vm_shape *shapes[] = { &default_vm, &sw_protected };
+	const struct {
+		const struct vm_shape *shape;
+		u64 caps;
+	} vms[] = {
+		{ &default_vm, GMEM_FLAGS },
+		{ &sw_protected, GMEM_FLAGS & ~GUEST_MEMFD_FLAG_INIT_SHARED },
+	};
 	u64 sys = kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS);
 	int i;
 
-	ASSERT_TRUE(sys & GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+	ASSERT_EQ(sys & GMEM_FLAGS, GMEM_FLAGS);
 
-	for (i = 0; i < ARRAY_SIZE(shapes); i++) {
-		struct kvm_vm *vm = vm_create_barebones_type(shapes[i]->type);
+	for (i = 0; i < ARRAY_SIZE(vms); i++) {
+		struct kvm_vm *vm = vm_create_barebones_type(vms[i].shape->type);
 		u64 caps = vm_check_cap(vm, KVM_CAP_GUEST_MEMFD_FLAGS);
+		u64 flags;
 		int fd;
 
-		ASSERT_TRUE(caps & GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+		ASSERT_EQ(caps & GMEM_FLAGS, vms[i].caps);
 
-		fd = __vm_create_guest_memfd(vm, DATA_SIZE, 0);
-		ASSERT_GE(fd, 0);
-		close(fd);
-		fd = __vm_create_guest_memfd(vm, DATA_SIZE,
-					     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
-		ASSERT_GE(fd, 0);
-		close(fd);
+		/* Every combination of NO_DIRECT_MAP with the others. */
+		for (flags = 0; flags <= GMEM_FLAGS; flags++) {
+			bool valid = !(flags & ~caps);
 
-		/* The host must not be able to map the memory. */
-		fd = __vm_create_guest_memfd(vm, DATA_SIZE,
-					     GUEST_MEMFD_FLAG_NO_DIRECT_MAP |
-					     GUEST_MEMFD_FLAG_MMAP);
-		ASSERT_EQ(fd, -1);
-		ASSERT_EQ(errno, EINVAL);
-		fd = __vm_create_guest_memfd(vm, DATA_SIZE,
-					     GUEST_MEMFD_FLAG_NO_DIRECT_MAP |
-					     GUEST_MEMFD_FLAG_MMAP |
-					     GUEST_MEMFD_FLAG_INIT_SHARED);
-		ASSERT_EQ(fd, -1);
-		ASSERT_EQ(errno, EINVAL);
+			if (!(flags & GUEST_MEMFD_FLAG_NO_DIRECT_MAP))
+				continue;
+			fd = __vm_create_guest_memfd(vm, DATA_SIZE, flags);
+			if (valid) {
+				ASSERT_GE(fd, 0) TH_LOG("flags 0x%lx", flags);
+				close(fd);
+			} else {
+				ASSERT_EQ(fd, -1) TH_LOG("flags 0x%lx", flags);
+				ASSERT_EQ(errno, EINVAL);
+			}
+		}
 
 		/* Unknown flags and bad sizes. */
 		fd = __vm_create_guest_memfd(vm, DATA_SIZE,
@@ -1962,6 +1978,436 @@ TEST(kvmclock_uses_host_mapping)
 	kvm_vm_free(vm);
 }
 
+/*
+ * A VM whose data slot is a guest_memfd of @flags that the slot's userspace
+ * address maps (Firecracker's layout with NDM_MAPPED): KVM and the VMM reach
+ * the memory through that mapping.  *@mem is the mapping.
+ */
+static struct kvm_vm *vm_with_mapped_gmem(void *guest_code,
+					  struct kvm_vcpu **vcpu, u64 flags,
+					  int *gmem, u8 **mem)
+{
+	struct kvm_vm *vm = vm_create_shape_with_one_vcpu(default_vm, vcpu,
+							  guest_code);
+
+	*gmem = vm_create_guest_memfd(vm, DATA_SIZE, flags);
+	vm_mem_add(vm, VM_MEM_SRC_GUEST_MEMFD_NO_DIRECT_MAP, DATA_GPA,
+		   DATA_SLOT, DATA_PAGES, KVM_MEM_GUEST_MEMFD, *gmem, 0);
+	virt_map(vm, DATA_GPA, DATA_GPA, DATA_PAGES);
+	*mem = addr_gpa2hva(vm, DATA_GPA);
+	return vm;
+}
+
+static bool resident(void *addr)
+{
+	unsigned char vec = 0;
+
+	TEST_ASSERT(!mincore(addr, PAGE_SIZE, &vec), "mincore");
+	return vec & 1;
+}
+
+/*
+ * A page that the VMM touches through its mapping is taken off the direct
+ * map before it is mapped, as fallocate() and guest faults take it: a whole
+ * 2 MiB block for an empty aligned range (one flush), one page otherwise,
+ * and a later touch inside the block costs nothing.  A secret that the guest
+ * writes is absent from the direct map, and the VMM reads it through its
+ * mapping.
+ */
+TEST_F_TIMEOUT(mode, mapped_fault_removes, 180)
+{
+	u64 flushes, *p;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, i;
+	u8 *mem;
+
+	vm = vm_with_mapped_gmem(guest_write_secret, &vcpu, NDM_MAPPED, &gmem,
+				 &mem);
+	new_secret(vm);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+
+	/* The VMM's first touch, at a 2 MiB-aligned offset. */
+	WRITE_ONCE(mem[SZ_2M], 1);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), fault_pages(variant->blocks));
+	flushes = vm_get_stat(vm, direct_map_flushes);
+	ASSERT_LE(flushes, 1);
+	ASSERT_TRUE(resident(mem + SZ_2M));
+
+	/* A second touch in the same 2 MiB. */
+	WRITE_ONCE(mem[SZ_2M + PAGE_SIZE], 2);
+	if (variant->blocks) {
+		ASSERT_EQ(vm_get_stat(vm, direct_map_pages), BLOCK_PAGES);
+		ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), flushes);
+	} else {
+		ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 2);
+	}
+	ASSERT_EQ(READ_ONCE(mem[SZ_2M]), 1);
+
+	/* The guest writes a secret at the start of the slot. */
+	run_until(vcpu, UCALL_SYNC);
+	if (!access("/proc/kcore", R_OK))
+		ASSERT_FALSE(kcore_has_secret());
+	p = (u64 *)mem;
+	for (i = 0; i < SECRET_WORDS; i++)
+		ASSERT_EQ(~READ_ONCE(p[i]), ~secret_word(i));
+	run_until(vcpu, UCALL_DONE);
+
+	kvm_vm_free(vm);
+	close(gmem);
+}
+
+/*
+ * A removal that fails in a fault on the VMM's mapping: the access gets
+ * SIGBUS, nothing is added or mapped, and the next access, once removals
+ * work again, succeeds.
+ */
+TEST_F(mode, mapped_fault_sigbus)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem, status;
+	pid_t pid;
+	u8 *mem;
+
+	if (!can_inject())
+		SKIP(return, "no " FAIL_DIR " (CONFIG_FAIL_DIRECT_MAP)");
+
+	vm = vm_with_mapped_gmem(guest_nothing, &vcpu, NDM_MAPPED, &gmem, &mem);
+
+	inject_nth(1);
+	pid = fork();
+	if (!pid) {
+		/* Not the library's handler: die of it. */
+		signal(SIGBUS, SIG_DFL);
+		WRITE_ONCE(mem[0], 1);
+		_exit(0);
+	}
+	ASSERT_EQ(waitpid(pid, &status, 0), pid);
+	inject_off();
+	/*
+	 * The pool hands out free pages of blocks it removed before without a
+	 * removal: another user of the pool on the host (a VM with the flag,
+	 * secretmem) may have left some, and then there is nothing to fail.
+	 */
+	if (WIFEXITED(status) && !WEXITSTATUS(status) &&
+	    vm_get_stat(vm, direct_map_reused) == vm_get_stat(vm, direct_map_pages)) {
+		kvm_vm_free(vm);
+		close(gmem);
+		SKIP(return, "the pool had free pages: no removal to fail");
+	}
+	ASSERT_TRUE(WIFSIGNALED(status)) TH_LOG("status 0x%x", status);
+	ASSERT_EQ(WTERMSIG(status), SIGBUS);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+	ASSERT_FALSE(resident(mem));
+
+	WRITE_ONCE(mem[0], 1);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), fault_pages(variant->blocks));
+
+	kvm_vm_free(vm);
+	close(gmem);
+}
+
+static sig_atomic_t nr_kicks;
+
+static void on_kick(int sig)
+{
+	nr_kicks++;
+}
+
+struct kicker {
+	pthread_t target;
+	int gmem;
+	bool stop;
+};
+
+/*
+ * Signal the target every 50 us, as a VMM kicks its vCPU threads, and keep
+ * allocating and punching the second half of the file, so that the
+ * target's faults on the first half wait for populate_lock.
+ */
+static void *kick(void *arg)
+{
+	struct kicker *k = arg;
+
+	while (!READ_ONCE(k->stop)) {
+		pthread_kill(k->target, SIGUSR1);
+		TEST_ASSERT(!fallocate(k->gmem, FALLOC_FL_KEEP_SIZE, DATA_SIZE / 2,
+				       DATA_SIZE / 2) || errno == EINTR,
+			    "fallocate: %s", strerror(errno));
+		TEST_ASSERT(!fallocate(k->gmem, FALLOC_FL_KEEP_SIZE |
+				       FALLOC_FL_PUNCH_HOLE, DATA_SIZE / 2,
+				       DATA_SIZE / 2), "punch hole");
+		usleep(50);
+	}
+	return NULL;
+}
+
+/*
+ * Signals do not fail faults on the mapping: a VMM kicks its threads with
+ * signals, and a fault that got SIGBUS for it would kill the VMM (the
+ * library's SIGBUS handler fails the test).  Page by page, so that every
+ * fault takes memory from the pool, while another thread's fallocate()s
+ * make the faults wait for them (without the mmap lock).
+ */
+TEST_F_TIMEOUT(mode, mapped_fault_signals, 180)
+{
+	struct sigaction sa = { .sa_handler = on_kick, .sa_flags = SA_RESTART };
+	struct kvm_vcpu *vcpu;
+	struct kicker k = {};
+	struct kvm_vm *vm;
+	pthread_t thread;
+	int gmem;
+	u64 off;
+	u8 *mem;
+
+	vm = vm_with_mapped_gmem(guest_nothing, &vcpu, NDM_MAPPED, &gmem, &mem);
+	ASSERT_EQ(sigaction(SIGUSR1, &sa, NULL), 0);
+	nr_kicks = 0;
+	k.target = pthread_self();
+	k.gmem = gmem;
+	ASSERT_EQ(pthread_create(&thread, NULL, kick, &k), 0);
+
+	for (off = 0; off < DATA_SIZE / 2; off += PAGE_SIZE)
+		WRITE_ONCE(mem[off], 1);
+
+	WRITE_ONCE(k.stop, true);
+	ASSERT_EQ(pthread_join(thread, NULL), 0);
+	signal(SIGUSR1, SIG_DFL);
+	ASSERT_GT(READ_ONCE(nr_kicks), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES / 2);
+	for (off = 0; off < DATA_SIZE / 2; off += PAGE_SIZE)
+		ASSERT_EQ(READ_ONCE(mem[off]), 1);
+
+	kvm_vm_free(vm);
+	close(gmem);
+}
+
+/* What GUP-based accesses to @mem, a mapping of guest memory, get. */
+static void gup_access(struct __test_metadata *_metadata, u8 *mem,
+		       bool refused)
+{
+	struct iovec local, remote = { mem, PAGE_SIZE };
+	char buf[PAGE_SIZE];
+	int fd, pipefd[2];
+	ssize_t r;
+
+	local.iov_base = buf;
+	local.iov_len = sizeof(buf);
+	r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+	if (refused) {
+		ASSERT_EQ(r, -1);
+		ASSERT_EQ(errno, EFAULT);
+	} else {
+		ASSERT_EQ(r, PAGE_SIZE);
+		ASSERT_EQ(buf[0], mem[0]);
+	}
+
+	fd = open("/proc/self/mem", O_RDONLY);
+	ASSERT_GE(fd, 0);
+	r = pread(fd, buf, PAGE_SIZE, (off_t)(uintptr_t)mem);
+	close(fd);
+	if (refused) {
+		ASSERT_EQ(r, -1);
+		ASSERT_EQ(errno, EIO);
+	} else {
+		ASSERT_EQ(r, PAGE_SIZE);
+	}
+
+	r = madvise(mem + PAGE_SIZE, PAGE_SIZE, MADV_POPULATE_WRITE);
+	ASSERT_EQ(r, refused ? -1 : 0);
+	/* MADV_POPULATE_* reports a mapping GUP refuses as EINVAL. */
+	if (refused)
+		ASSERT_EQ(errno, EINVAL);
+
+	/* vmsplice() pins with GUP-fast: a page that is mapped already. */
+	ASSERT_EQ(pipe(pipefd), 0);
+	r = vmsplice(pipefd[1], &remote, 1, 0);
+	close(pipefd[0]);
+	close(pipefd[1]);
+	if (refused) {
+		ASSERT_EQ(r, -1);
+		ASSERT_EQ(errno, EFAULT);
+	} else {
+		ASSERT_EQ(r, PAGE_SIZE);
+	}
+}
+
+/*
+ * GUP refuses memory off the direct map, as it refuses secretmem's: a
+ * pinned page could be read through the direct map.  Without the flag the
+ * same accesses work.  process_vm_readv(), /proc/self/mem and
+ * MADV_POPULATE_WRITE go through GUP's slow path, vmsplice() of a mapped
+ * page through GUP-fast.
+ */
+TEST(mapped_gup_refused)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem;
+	u8 *mem;
+
+	vm = vm_with_mapped_gmem(guest_nothing, &vcpu,
+				 GUEST_MEMFD_FLAG_MMAP |
+				 GUEST_MEMFD_FLAG_INIT_SHARED, &gmem, &mem);
+	WRITE_ONCE(mem[0], 0x5a);
+	gup_access(_metadata, mem, false);
+	kvm_vm_free(vm);
+	close(gmem);
+
+	vm = vm_with_mapped_gmem(guest_nothing, &vcpu, NDM_MAPPED, &gmem, &mem);
+	WRITE_ONCE(mem[0], 0x5a);
+	gup_access(_metadata, mem, true);
+	ASSERT_EQ(READ_ONCE(mem[0]), 0x5a);
+	kvm_vm_free(vm);
+	close(gmem);
+}
+
+#define OUTS_PORT	0x80
+
+static u64 pvti_gpa;
+static char outs_data[8] = "gmem-ndm";
+
+static void guest_gmem_only(void)
+{
+	const char *src = outs_data;
+	u64 count = sizeof(outs_data);
+
+	wrmsr(MSR_KVM_SYSTEM_TIME_NEW, pvti_gpa | KVM_MSR_ENABLED);
+	GUEST_SYNC(1);
+	/* Again, once the VMM punched the page out: KVM writes a new one. */
+	wrmsr(MSR_KVM_SYSTEM_TIME_NEW, pvti_gpa | KVM_MSR_ENABLED);
+	GUEST_SYNC(2);
+	wrmsr(MSR_KVM_SYSTEM_TIME_NEW, 0);
+
+	/* String I/O, which KVM emulates: it fetches, walks and reads. */
+	asm volatile("cld; rep outsb"
+		     : "+S"(src), "+c"(count) : "d"(OUTS_PORT) : "memory");
+	GUEST_DONE();
+}
+
+/*
+ * A KVM_X86_DEFAULT_VM whose only memory is a guest_memfd off the direct map
+ * that the VMM maps (MMAP | INIT_SHARED | NO_DIRECT_MAP): guest code, page
+ * tables and stack live there, the VMM loads the guest through its mapping,
+ * and KVM's own accesses work.  kvm-clock (a gfn_to_pfn_cache) maps its page
+ * from guest_memfd, and maps the new page after the VMM punches the old one
+ * out while no VMA maps it, so that only guest_memfd's invalidation, not an
+ * mmu_notifier event, can tell KVM (read here through a second mapping, the
+ * library's alias, not the slot's userspace address).  The instruction
+ * emulator fetches, walks the guest's page tables and reads guest memory
+ * for string I/O.
+ */
+TEST(default_vm_gmem_only)
+{
+	struct vm_shape shape = {
+		.mode = VM_MODE_DEFAULT,
+		.type = KVM_X86_DEFAULT_VM,
+		.src_type = VM_MEM_SRC_GUEST_MEMFD_NO_DIRECT_MAP,
+	};
+	struct pvclock_vcpu_time_info *pvti;
+	char got[sizeof(outs_data)];
+	struct kvm_vcpu *vcpu;
+	struct ucall uc;
+	struct kvm_vm *vm;
+	unsigned int n = 0;
+	gva_t gva;
+
+	vm = vm_create_shape_with_one_vcpu(shape, &vcpu, guest_gmem_only);
+	gva = vm_alloc_page(vm);
+	pvti_gpa = addr_gva2gpa(vm, gva);
+	sync_global_to_guest(vm, pvti_gpa);
+	pvti = addr_gpa2alias(vm, pvti_gpa);
+	ASSERT_NE(pvti, NULL);
+	/* Nothing maps the page at the slot's userspace address (KVM's uhva). */
+	ASSERT_EQ(madvise(addr_gpa2hva(vm, pvti_gpa), PAGE_SIZE,
+			  MADV_DONTNEED), 0);
+	ASSERT_GT(vm_get_stat(vm, direct_map_pages), 0);
+
+	run_until(vcpu, UCALL_SYNC);
+	ASSERT_NE(READ_ONCE(pvti->version), 0);
+	ASSERT_NE(READ_ONCE(pvti->tsc_to_system_mul), 0);
+
+	/*
+	 * Unmapped everywhere, the page is truncated without an mmu_notifier
+	 * event (truncation zaps the VMAs of a mapped page only): only
+	 * guest_memfd's own invalidation can tell KVM.
+	 */
+	ASSERT_EQ(madvise(pvti, PAGE_SIZE, MADV_DONTNEED), 0);
+	ASSERT_EQ(fallocate(memslot2region(vm, 0)->region.guest_memfd,
+			    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			    pvti_gpa, PAGE_SIZE), 0);
+	ASSERT_EQ(READ_ONCE(pvti->version), 0);
+	run_until(vcpu, UCALL_SYNC);
+	ASSERT_NE(READ_ONCE(pvti->version), 0);
+	ASSERT_NE(READ_ONCE(pvti->tsc_to_system_mul), 0);
+
+	for (;;) {
+		struct kvm_run *run = vcpu->run;
+
+		vcpu_run(vcpu);
+		TEST_ASSERT_KVM_EXIT_REASON(vcpu, KVM_EXIT_IO);
+		if (run->io.port != OUTS_PORT)
+			break;
+		ASSERT_EQ(run->io.direction, KVM_EXIT_IO_OUT);
+		ASSERT_EQ(run->io.size, 1);
+		ASSERT_LE(n + run->io.count, sizeof(got));
+		memcpy(got + n, (u8 *)run + run->io.data_offset, run->io.count);
+		n += run->io.count;
+	}
+	ASSERT_EQ(n, sizeof(got));
+	ASSERT_EQ(memcmp(got, "gmem-ndm", sizeof(got)), 0);
+	switch (get_ucall(vcpu, &uc)) {
+	case UCALL_ABORT:
+		REPORT_GUEST_ASSERT(uc);
+		break;
+	default:
+		ASSERT_EQ(uc.cmd, UCALL_DONE);
+	}
+
+	kvm_vm_free(vm);
+}
+
+static void l2_vmcall(struct svm_test_data *svm)
+{
+	__asm__ __volatile__("vmcall");
+}
+
+static void l1_svm(struct svm_test_data *svm)
+{
+	generic_svm_setup(svm, l2_vmcall);
+	run_guest(svm->vmcb, svm->vmcb_gpa);
+	GUEST_ASSERT_EQ(svm->vmcb->control.exit_code, SVM_EXIT_VMMCALL);
+	GUEST_DONE();
+}
+
+/*
+ * Nested SVM with vmcb12 (and all of L1's and L2's memory) in a guest_memfd
+ * off the direct map: VMRUN and the #VMEXIT map vmcb12 with kvm_vcpu_map(),
+ * which takes the page from guest_memfd and maps it with vmap(), as GUP
+ * refuses it.
+ */
+TEST(nested_svm_gmem_only)
+{
+	struct vm_shape shape = {
+		.mode = VM_MODE_DEFAULT,
+		.type = KVM_X86_DEFAULT_VM,
+		.src_type = VM_MEM_SRC_GUEST_MEMFD_NO_DIRECT_MAP,
+	};
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	gva_t svm_gva;
+
+	if (!kvm_cpu_has(X86_FEATURE_SVM))
+		SKIP(return, "no nested SVM");
+
+	vm = vm_create_shape_with_one_vcpu(shape, &vcpu, l1_svm);
+	vcpu_alloc_svm(vm, &svm_gva);
+	vcpu_args_set(vcpu, 1, svm_gva);
+	run_until(vcpu, UCALL_DONE);
+	kvm_vm_free(vm);
+}
+
 #define MAP_GPA_PRIVATE_ATTR	BIT_ULL(4)	/* KVM_MAP_GPA_RANGE_ENCRYPTED */
 
 static void guest_convert(void)
@@ -2077,6 +2523,8 @@ struct nth {
 	struct kvm_vm *vm;
 	struct kvm_vcpu *vcpu;
 	int gmem;
+	/* user_fault: the VMM's mapping of the guest_memfd. */
+	u8 *mem;
 	u64 fault_pages;
 	/* map_gpa_range: the VMM's answer, once it has given it. */
 	bool answered;
@@ -2390,6 +2838,63 @@ TEST_F_TIMEOUT(fail_nth, fault, 300)
 	nth_finish(_metadata, &self->base, &t, variant->name, c);
 }
 
+static sigjmp_buf nth_jmp;
+
+static void nth_on_sigbus(int sig)
+{
+	siglongjmp(nth_jmp, 1);
+}
+
+/* A touch of the VMM's mapping; SIGBUS is what a failed fault gets. */
+static int nth_touch(struct nth *t)
+{
+	struct sigaction sa = { .sa_handler = nth_on_sigbus }, old;
+	int r = 0;
+
+	sigaction(SIGBUS, &sa, &old);
+	if (sigsetjmp(nth_jmp, 1))
+		r = -ENOMEM;
+	else
+		WRITE_ONCE(t->mem[0], 1);
+	sigaction(SIGBUS, &old, NULL);
+	return r;
+}
+
+/* All or nothing: nothing added, nothing mapped. */
+static void nth_touch_failed(struct nth *t)
+{
+	TEST_ASSERT_EQ(nth_pages(t), 0);
+	TEST_ASSERT(!resident(t->mem), "mapped after SIGBUS");
+}
+
+static void nth_touch_done(struct nth *t)
+{
+	u64 pages = nth_pages(t);
+
+	TEST_ASSERT(pages == 1 || pages == t->fault_pages, "%lu pages", pages);
+	TEST_ASSERT(resident(t->mem), "not mapped");
+}
+
+/*
+ * A fault on the VMM's mapping of a guest_memfd with MMAP | INIT_SHARED |
+ * NO_DIRECT_MAP, each step failing in turn: SIGBUS (the pool failed) with
+ * nothing added, or the failure absorbed (a VM_FAULT_OOM retried, a block
+ * that fell back to a page).
+ */
+TEST_F_TIMEOUT(fail_nth, user_fault, 300)
+{
+	struct nth_count c;
+	struct nth t = {};
+
+	t.vm = vm_with_mapped_gmem(guest_nothing, &t.vcpu, NDM_MAPPED, &t.gmem,
+				   &t.mem);
+	t.fault_pages = fault_pages(variant->blocks);
+	nth_fill_cache(&t, variant->cached);
+	c = every_step(self->fd, &t, "user fault", nth_touch, nth_touch_failed,
+		       nth_touch_done, nth_punch);
+	nth_finish(_metadata, &self->base, &t, variant->name, c);
+}
+
 static void guest_map_loop(void)
 {
 	for (;;)
@@ -2521,6 +3026,7 @@ enum bad_call {
 	BAD_CREATE,		/* KVM_CREATE_GUEST_MEMFD: size, flags */
 	BAD_FALLOCATE,		/* fallocate(): mode, offset, length */
 	BAD_ATTRIBUTES,		/* KVM_SET_MEMORY_ATTRIBUTES: address, size, attributes, flags */
+	BAD_MMAP,		/* mmap() of a new guest_memfd: its flags, mmap() flags */
 };
 
 struct bad_row {
@@ -2537,7 +3043,8 @@ struct bad_row {
 
 static const struct bad_row bad_rows[] = {
 	{ "create: unknown flag", BAD_CREATE, DATA_SIZE, NDM | BIT_ULL(63), 0, 0, EINVAL },
-	{ "create: with MMAP", BAD_CREATE, DATA_SIZE, NDM | GUEST_MEMFD_FLAG_MMAP, 0, 0, EINVAL },
+	{ "create: with MMAP", BAD_CREATE, DATA_SIZE, NDM | GUEST_MEMFD_FLAG_MMAP, 0, 0, 0 },
+	/* Not on a VM with private memory, with the flag or without. */
 	{ "create: with INIT_SHARED", BAD_CREATE, DATA_SIZE, NDM | GUEST_MEMFD_FLAG_INIT_SHARED,
 	  0, 0, EINVAL },
 	{ "create: size 0", BAD_CREATE, 0, NDM, 0, 0, EINVAL },
@@ -2556,6 +3063,9 @@ static const struct bad_row bad_rows[] = {
 	{ "fallocate: without KEEP_SIZE", BAD_FALLOCATE, 0, 0, PAGE_SIZE, 0, EOPNOTSUPP },
 	{ "fallocate: ZERO_RANGE", BAD_FALLOCATE, KEEP | FALLOC_FL_ZERO_RANGE, 0, PAGE_SIZE, 0,
 	  EOPNOTSUPP },
+	{ "mmap: without MMAP", BAD_MMAP, NDM, MAP_SHARED, 0, 0, ENODEV },
+	{ "mmap: MAP_PRIVATE", BAD_MMAP, NDM | GUEST_MEMFD_FLAG_MMAP, MAP_PRIVATE, 0, 0, EINVAL },
+	{ "mmap: good", BAD_MMAP, NDM | GUEST_MEMFD_FLAG_MMAP, MAP_SHARED, 0, 0, 0 },
 	{ "punch hole: not page-aligned", BAD_FALLOCATE, PUNCH, 1, PAGE_SIZE, 0, EINVAL },
 	{ "punch hole: nothing there", BAD_FALLOCATE, PUNCH, 0, DATA_SIZE, 0, 0 },
 	{ "fallocate: good", BAD_FALLOCATE, KEEP, 0, DATA_SIZE, 0, 0 },
@@ -2596,6 +3106,19 @@ static int bad_call(struct kvm_vm *vm, int gmem, const struct bad_row *row)
 		return 0;
 	case BAD_FALLOCATE:
 		return fallocate(gmem, row->a, row->b, row->c) ? errno : 0;
+	case BAD_MMAP: {
+		void *p;
+		int err = 0;
+
+		fd = vm_create_guest_memfd(vm, DATA_SIZE, row->a);
+		p = mmap(NULL, DATA_SIZE, PROT_READ | PROT_WRITE, row->b, fd, 0);
+		if (p == MAP_FAILED)
+			err = errno;
+		else
+			munmap(p, DATA_SIZE);
+		close(fd);
+		return err;
+	}
 	case BAD_ATTRIBUTES:
 		return __vm_ioctl(vm, KVM_SET_MEMORY_ATTRIBUTES, &attr) ? errno : 0;
 	}
@@ -2613,6 +3136,8 @@ static const char *errno_name(int err)
 		return "EFBIG";
 	case EOPNOTSUPP:
 		return "EOPNOTSUPP";
+	case ENODEV:
+		return "ENODEV";
 	case ENOMEM:
 		return "ENOMEM";
 	}
