@@ -2264,14 +2264,18 @@ TEST(mapped_gup_refused)
 }
 
 #define OUTS_PORT	0x80
+#define INS_PORT	0x81
+#define MMIO_GPA	0xc0000000ul	/* in no memslot */
 
 static u64 pvti_gpa;
 static char outs_data[8] = "gmem-ndm";
+static char ins_buf[8];
 
 static void guest_gmem_only(void)
 {
 	const char *src = outs_data;
 	u64 count = sizeof(outs_data);
+	char *dst;
 
 	wrmsr(MSR_KVM_SYSTEM_TIME_NEW, pvti_gpa | KVM_MSR_ENABLED);
 	GUEST_SYNC(1);
@@ -2280,9 +2284,19 @@ static void guest_gmem_only(void)
 	GUEST_SYNC(2);
 	wrmsr(MSR_KVM_SYSTEM_TIME_NEW, 0);
 
-	/* String I/O, which KVM emulates: it fetches, walks and reads. */
+	/* String I/O, which KVM emulates: it fetches, walks and reads... */
 	asm volatile("cld; rep outsb"
 		     : "+S"(src), "+c"(count) : "d"(OUTS_PORT) : "memory");
+	/* ... and writes. */
+	dst = ins_buf;
+	count = sizeof(ins_buf);
+	asm volatile("cld; rep insb"
+		     : "+D"(dst), "+c"(count) : "d"(INS_PORT) : "memory");
+	GUEST_ASSERT(!memcmp(ins_buf, "from-vmm", sizeof(ins_buf)));
+
+	/* MMIO, from instructions in guest memory. */
+	WRITE_ONCE(*(u64 *)MMIO_GPA, 0x1234abcd5678ef90ull);
+	GUEST_ASSERT_EQ(READ_ONCE(*(u32 *)MMIO_GPA), 0xfeedf00d);
 	GUEST_DONE();
 }
 
@@ -2295,8 +2309,8 @@ static void guest_gmem_only(void)
  * out while no VMA maps it, so that only guest_memfd's invalidation, not an
  * mmu_notifier event, can tell KVM (read here through a second mapping, the
  * library's alias, not the slot's userspace address).  The instruction
- * emulator fetches, walks the guest's page tables and reads guest memory
- * for string I/O.
+ * emulator fetches, walks the guest's page tables, and reads and writes
+ * guest memory for string I/O; MMIO exits work from code in such memory.
  */
 TEST(default_vm_gmem_only)
 {
@@ -2306,14 +2320,15 @@ TEST(default_vm_gmem_only)
 		.src_type = VM_MEM_SRC_GUEST_MEMFD_NO_DIRECT_MAP,
 	};
 	struct pvclock_vcpu_time_info *pvti;
+	unsigned int n = 0, in = 0, mmio = 0;
 	char got[sizeof(outs_data)];
 	struct kvm_vcpu *vcpu;
 	struct ucall uc;
 	struct kvm_vm *vm;
-	unsigned int n = 0;
 	gva_t gva;
 
 	vm = vm_create_shape_with_one_vcpu(shape, &vcpu, guest_gmem_only);
+	virt_map(vm, MMIO_GPA, MMIO_GPA, 1);
 	gva = vm_alloc_page(vm);
 	pvti_gpa = addr_gva2gpa(vm, gva);
 	sync_global_to_guest(vm, pvti_gpa);
@@ -2344,19 +2359,48 @@ TEST(default_vm_gmem_only)
 
 	for (;;) {
 		struct kvm_run *run = vcpu->run;
+		u8 *data;
 
 		vcpu_run(vcpu);
+		if (run->exit_reason == KVM_EXIT_MMIO) {
+			ASSERT_EQ(run->mmio.phys_addr, MMIO_GPA);
+			if (run->mmio.is_write) {
+				u64 v = 0;
+
+				ASSERT_EQ(run->mmio.len, 8);
+				memcpy(&v, run->mmio.data, 8);
+				ASSERT_EQ(v, 0x1234abcd5678ef90ull);
+			} else {
+				u32 v = 0xfeedf00d;
+
+				ASSERT_EQ(run->mmio.len, 4);
+				memcpy(run->mmio.data, &v, 4);
+			}
+			mmio++;
+			continue;
+		}
 		TEST_ASSERT_KVM_EXIT_REASON(vcpu, KVM_EXIT_IO);
-		if (run->io.port != OUTS_PORT)
+		data = (u8 *)run + run->io.data_offset;
+		if (run->io.port == OUTS_PORT) {
+			ASSERT_EQ(run->io.direction, KVM_EXIT_IO_OUT);
+			ASSERT_EQ(run->io.size, 1);
+			ASSERT_LE(n + run->io.count, sizeof(got));
+			memcpy(got + n, data, run->io.count);
+			n += run->io.count;
+		} else if (run->io.port == INS_PORT) {
+			ASSERT_EQ(run->io.direction, KVM_EXIT_IO_IN);
+			ASSERT_EQ(run->io.size, 1);
+			ASSERT_LE(in + run->io.count, sizeof(ins_buf));
+			memcpy(data, "from-vmm" + in, run->io.count);
+			in += run->io.count;
+		} else {
 			break;
-		ASSERT_EQ(run->io.direction, KVM_EXIT_IO_OUT);
-		ASSERT_EQ(run->io.size, 1);
-		ASSERT_LE(n + run->io.count, sizeof(got));
-		memcpy(got + n, (u8 *)run + run->io.data_offset, run->io.count);
-		n += run->io.count;
+		}
 	}
 	ASSERT_EQ(n, sizeof(got));
 	ASSERT_EQ(memcmp(got, "gmem-ndm", sizeof(got)), 0);
+	ASSERT_EQ(in, sizeof(ins_buf));
+	ASSERT_EQ(mmio, 2);
 	switch (get_ucall(vcpu, &uc)) {
 	case UCALL_ABORT:
 		REPORT_GUEST_ASSERT(uc);
