@@ -31,18 +31,23 @@ def typed(row):
     return row
 
 
-def read(ktap):
+def prefixed(ktap, prefix, fields):
+    """The lines of @ktap that start with @prefix, as dicts of @fields
+    (strings); a line with another number of values is skipped."""
     rows = []
     with open(ktap, errors='replace') as f:
         for line in f:
             line = line.strip()
-            if not line.startswith('csv: '):
+            if not line.startswith(prefix):
                 continue
-            vals = line[5:].split(',')
-            if len(vals) != len(FIELDS):
-                continue
-            rows.append(typed(dict(zip(FIELDS, vals))))
+            vals = line[len(prefix):].split(',')
+            if len(vals) == len(fields):
+                rows.append(dict(zip(fields, vals)))
     return rows
+
+
+def read(ktap):
+    return [typed(r) for r in prefixed(ktap, 'csv: ', FIELDS)]
 
 
 E2E_FIELDS = ['how', 'from', 'mib', 'plain_secs', 'flag_secs', 'flushes',
@@ -51,21 +56,12 @@ E2E_FIELDS = ['how', 'from', 'mib', 'plain_secs', 'flag_secs', 'flushes',
 
 def read_e2e(ktap):
     """The "e2e:" lines: the end-to-end runs, plain guest_memfd and the flag."""
-    rows = []
-    with open(ktap, errors='replace') as f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith('e2e: '):
-                continue
-            vals = line[5:].split(',')
-            if len(vals) != len(E2E_FIELDS):
-                continue
-            r = dict(zip(E2E_FIELDS, vals))
-            for k in ('mib', 'flushes', 'l2_splits'):
-                r[k] = int(r[k])
-            for k in ('plain_secs', 'flag_secs'):
-                r[k] = float(r[k])
-            rows.append(r)
+    rows = prefixed(ktap, 'e2e: ', E2E_FIELDS)
+    for r in rows:
+        for k in ('mib', 'flushes', 'l2_splits'):
+            r[k] = int(r[k])
+        for k in ('plain_secs', 'flag_secs'):
+            r[k] = float(r[k])
     return rows
 
 

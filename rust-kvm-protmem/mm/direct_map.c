@@ -220,23 +220,34 @@ EXPORT_SYMBOL_FOR_MODULES(direct_map_vmap_page, "kvm");
  * direct_map_vunmap_page - Take down a mapping from direct_map_vmap_page()
  * @addr: the address direct_map_vmap_page() returned
  *
- * vunmap() clears the mapping but leaves the TLB entries that CPUs may hold
- * for it until the vmalloc area is purged, which may be long after.  Flush
- * them here, so that when this returns no CPU can reach the page through
- * @addr, and the page may be freed (and handed to another user of the
- * direct-map pool).
+ * The mapping is cleared, but, as for any vunmap(), CPUs may keep TLB entries
+ * for it until the vmalloc area is purged: the caller keeps its reference to
+ * the page until direct_map_flush_aliases() has returned, and only then may
+ * the page be freed (and handed to another user of the direct-map pool).
+ * Without a flush of its own, taking a mapping down costs no IPI.
  *
  * Context: Process context; may sleep.
  */
 void direct_map_vunmap_page(void *addr)
 {
-	unsigned long start = (unsigned long)addr & PAGE_MASK;
-
 	vunmap(addr);
-	/* The address is not reused before the purge, which flushes too. */
-	flush_tlb_kernel_range(start, start + PAGE_SIZE);
 }
 EXPORT_SYMBOL_FOR_MODULES(direct_map_vunmap_page, "kvm");
+
+/**
+ * direct_map_flush_aliases - Flush the mappings taken down so far
+ *
+ * Purge the vmalloc areas that direct_map_vunmap_page() (or any vunmap())
+ * left, with one TLB flush for all of them: when this returns, no CPU can
+ * reach a page through a mapping taken down before the call.
+ *
+ * Context: Process context; may sleep.
+ */
+void direct_map_flush_aliases(void)
+{
+	vm_unmap_aliases();
+}
+EXPORT_SYMBOL_FOR_MODULES(direct_map_flush_aliases, "kvm");
 
 /**
  * direct_map_has_hwpoison - Whether removed pages have hardware poison

@@ -149,7 +149,8 @@ static void direct_map_test_unreachable(struct kunit *test)
 
 /*
  * A removed page is reachable through direct_map_vmap_page() alone, and
- * through nothing once direct_map_vunmap_page() returns.
+ * through nothing once direct_map_vunmap_page() and then
+ * direct_map_flush_aliases() returned.
  */
 static void direct_map_test_vmap_alias(struct kunit *test)
 {
@@ -172,6 +173,7 @@ static void direct_map_test_vmap_alias(struct kunit *test)
 
 	direct_map_vunmap_page(va);
 	KUNIT_EXPECT_NULL(test, vmalloc_to_page(va));
+	direct_map_flush_aliases();
 	KUNIT_EXPECT_NE(test, copy_from_kernel_nofault(&c, va, 1), 0);
 
 	direct_map_restore(page, 1);

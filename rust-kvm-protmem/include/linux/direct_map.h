@@ -60,6 +60,7 @@ void direct_map_restore(struct page *page, unsigned long nr);
 bool direct_map_page_present(struct page *page);
 void *direct_map_vmap_page(struct page *page);
 void direct_map_vunmap_page(void *addr);
+void direct_map_flush_aliases(void);
 bool direct_map_has_hwpoison(struct page *page, unsigned long nr);
 bool direct_map_removal_active(void);
 int direct_map_alloc_page(struct direct_map_batch *batch, gfp_t gfp, int nid,
@@ -106,6 +107,10 @@ static inline void *direct_map_vmap_page(struct page *page)
 }
 
 static inline void direct_map_vunmap_page(void *addr)
+{
+}
+
+static inline void direct_map_flush_aliases(void)
 {
 }
 

@@ -17,11 +17,20 @@
  * the free pages came back.  Lockdep, KASAN and WARN reports are for the console log
  * (and whoever reads it) to show.
  *
- * Usage: gmem_no_direct_map_stress [seconds, default 20] [plain]
+ * Usage: gmem_no_direct_map_stress [seconds, default 20] [plain | mapped]
  *
  * "plain" runs the same stress on a guest_memfd created without the flag, to
  * tell the flag's failures from those of guest_memfd, KVM or the machine; it
  * runs on a kernel without the flag too.
+ *
+ * "mapped" stresses the mode a VMM maps: a KVM_X86_DEFAULT_VM whose data is a
+ * guest_memfd created with MMAP | INIT_SHARED | NO_DIRECT_MAP, its memslot's
+ * userspace address mapping the guest_memfd.  The vCPUs do not convert (the VM
+ * has no private memory): they write to random ranges and keep their
+ * kvm-clock page in the data, so that KVM's mapping of that page (a
+ * gfn_to_pfn_cache) is invalidated by the punches and mapped again; the host
+ * threads also write to and read random pages through the VMM's mapping (user
+ * faults) between their punches and fallocate()s.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -35,6 +44,7 @@
 
 #include <linux/falloc.h>
 #include <linux/kvm_para.h>
+#include <asm/kvm_para.h>
 #include <linux/sizes.h>
 
 #include "kvm_util.h"
@@ -53,6 +63,8 @@
 #define FREE_SLACK		256
 /* How long each thread may take to finish once told to stop. */
 #define STOP_TIMEOUT_S		30
+#define MAPPED_FLAGS		(GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED | \
+				 GUEST_MEMFD_FLAG_NO_DIRECT_MAP)
 
 static u64 next_rand(u64 *x)
 {
@@ -61,6 +73,12 @@ static u64 next_rand(u64 *x)
 	*x ^= *x << 17;
 	return *x;
 }
+
+static int gmem;
+static u64 gmem_flags = GUEST_MEMFD_FLAG_NO_DIRECT_MAP;
+static bool mapped;
+/* The VMM's mapping of the guest_memfd, in mapped mode. */
+static u8 *data_hva;
 
 static void guest_code(u64 id)
 {
@@ -78,12 +96,31 @@ static void guest_code(u64 id)
 	}
 }
 
-static int gmem;
-static u64 gmem_flags = GUEST_MEMFD_FLAG_NO_DIRECT_MAP;
+/*
+ * Mapped mode: write to random ranges, with the vCPU's kvm-clock page in the
+ * data (its own page of the first range); set it again now and then, so that
+ * KVM maps it afresh as well as after the punches.
+ */
+static void guest_code_mapped(u64 id)
+{
+	u64 x = 0x9e3779b97f4a7c15ULL * (id + 1), gpa;
+	u64 pvti_gpa = DATA_GPA + id * PAGE_SIZE;
+	int i, n;
+
+	for (n = 0;; n++) {
+		if (!(n % 16))
+			wrmsr(MSR_KVM_SYSTEM_TIME_NEW, pvti_gpa | KVM_MSR_ENABLED);
+		gpa = DATA_GPA + next_rand(&x) % NR_RANGES * SZ_2M;
+		for (i = 0; i < 8; i++)
+			WRITE_ONCE(*(u64 *)(gpa + next_rand(&x) % SZ_2M / 8 * 8), x);
+		GUEST_SYNC(0);
+	}
+}
+
 static struct kvm_vm *vm;
 static bool stop_host, closing;
 static u64 nr_converted, nr_touched, nr_punched, nr_allocated, nr_errors;
-static u64 nr_memory_faults;
+static u64 nr_memory_faults, nr_user_faults;
 
 /*
  * What each thread is doing, so that a run that does not finish says where
@@ -102,7 +139,9 @@ static struct host_state {
 	int op;			/* an index into host_op[] */
 	u64 ops, off, len;
 } host_state[NR_PUNCHERS];
-static const char * const host_op[] = { "idle", "punching", "allocating" };
+static const char * const host_op[] = {
+	"idle", "punching", "allocating", "touching the mapping",
+};
 
 static int set_attributes(u64 gpa, u64 size, u64 attributes)
 {
@@ -237,7 +276,11 @@ static void *vcpu_thread(void *arg)
 	}
 }
 
-/* Punch holes in and fallocate() random ranges, 4 KiB to 2 MiB. */
+/*
+ * Punch holes in and fallocate() random ranges, 4 KiB to 2 MiB; in mapped
+ * mode, also write to a random page through the VMM's mapping and read
+ * another.
+ */
 static void *host_thread(void *arg)
 {
 	u64 x = (uintptr_t)arg * 0x2545f4914f6cdd1dULL + 1;
@@ -262,6 +305,12 @@ static void *host_thread(void *arg)
 			__atomic_add_fetch(&nr_errors, 1, __ATOMIC_RELAXED);
 		} else {
 			__atomic_add_fetch(&nr_allocated, 1, __ATOMIC_RELAXED);
+		}
+		if (mapped) {
+			WRITE_ONCE(st->op, 3);
+			WRITE_ONCE(data_hva[next_rand(&x) % DATA_SIZE], x);
+			READ_ONCE(data_hva[next_rand(&x) % DATA_SIZE]);
+			__atomic_add_fetch(&nr_user_faults, 2, __ATOMIC_RELAXED);
 		}
 		WRITE_ONCE(st->op, 0);
 	}
@@ -297,21 +346,37 @@ static void join_or_report(pthread_t thread, const char *what, int i)
 		  what, i, STOP_TIMEOUT_S, strerror(r));
 }
 
+static const char *mode_name(void)
+{
+	if (mapped)
+		return " (mapped)";
+	return gmem_flags ? "" : " (plain)";
+}
+
 static void run_stress(int seconds)
 {
 	const struct vm_shape shape = {
 		.mode = VM_MODE_DEFAULT,
-		.type = KVM_X86_SW_PROTECTED_VM,
+		.type = mapped ? KVM_X86_DEFAULT_VM : KVM_X86_SW_PROTECTED_VM,
 	};
 	pthread_t vcpu_threads[NR_VCPUS], host_threads[NR_PUNCHERS];
 	struct kvm_vcpu *vcpus[NR_VCPUS];
 	uintptr_t i;
 
-	vm = __vm_create_with_vcpus(shape, NR_VCPUS, 0, guest_code, vcpus);
-	vm_enable_cap(vm, KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE);
-	gmem = vm_create_guest_memfd(vm, DATA_SIZE, gmem_flags);
-	vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT,
-		   DATA_SIZE / PAGE_SIZE, KVM_MEM_GUEST_MEMFD, gmem, 0);
+	vm = __vm_create_with_vcpus(shape, NR_VCPUS, 0,
+				    mapped ? guest_code_mapped : guest_code, vcpus);
+	if (mapped) {
+		/* The library creates the guest_memfd and maps it. */
+		vm_mem_add(vm, VM_MEM_SRC_GUEST_MEMFD_NO_DIRECT_MAP, DATA_GPA,
+			   DATA_SLOT, DATA_SIZE / PAGE_SIZE, 0, -1, 0);
+		gmem = kvm_dup(memslot2region(vm, DATA_SLOT)->region.guest_memfd);
+		data_hva = addr_gpa2hva(vm, DATA_GPA);
+	} else {
+		vm_enable_cap(vm, KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE);
+		gmem = vm_create_guest_memfd(vm, DATA_SIZE, gmem_flags);
+		vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT,
+			   DATA_SIZE / PAGE_SIZE, KVM_MEM_GUEST_MEMFD, gmem, 0);
+	}
 	virt_map(vm, DATA_GPA, DATA_GPA, DATA_SIZE / PAGE_SIZE);
 
 	for (i = 0; i < NR_VCPUS; i++) {
@@ -342,27 +407,35 @@ static void run_stress(int seconds)
 		join_or_report(vcpu_threads[i], "vCPU", i);
 
 	printf("# kp-figure: stress%s: %d s, %d vCPUs, %d host threads: ",
-	       gmem_flags ? "" : " (plain)", seconds, NR_VCPUS, NR_PUNCHERS);
+	       mode_name(), seconds, NR_VCPUS, NR_PUNCHERS);
 	printf("%lu conversions, %lu guest writes, %lu memory-fault exits, ",
 	       nr_converted, nr_touched, nr_memory_faults);
-	printf("%lu punches, %lu fallocates (%lu ENOMEM)\n", nr_punched,
-	       nr_allocated, nr_errors);
-	TEST_ASSERT(nr_converted && nr_punched && nr_allocated,
+	printf("%lu punches, %lu fallocates (%lu ENOMEM), %lu VMM accesses\n",
+	       nr_punched, nr_allocated, nr_errors, nr_user_faults);
+	TEST_ASSERT((nr_converted || mapped) && nr_punched && nr_allocated &&
+		    nr_touched && (nr_user_faults || !mapped),
 		    "nothing happened in %d s", seconds);
 }
 
 int main(int argc, char *argv[])
 {
 	int seconds = argc > 1 ? atoi(argv[1]) : 20;
-	bool plain = argc > 2, series;
+	bool plain = argc > 2 && !strcmp(argv[2], "plain"), series;
 	u64 removed0 = 0, restored0 = 0, removed = 0, left = 0, free0, free1;
 	int i;
 	pid_t pid;
 	int status;
 
-	TEST_ASSERT(argc <= 3 && seconds > 0 && (!plain || !strcmp(argv[2], "plain")),
-		    "usage: %s [seconds > 0, default 20] [plain]", argv[0]);
-	TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SW_PROTECTED_VM));
+	mapped = argc > 2 && !strcmp(argv[2], "mapped");
+	TEST_ASSERT(argc <= 3 && seconds > 0 && (argc < 3 || plain || mapped),
+		    "usage: %s [seconds > 0, default 20] [plain | mapped]", argv[0]);
+	if (mapped) {
+		TEST_REQUIRE((kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS) &
+			      MAPPED_FLAGS) == MAPPED_FLAGS);
+	} else {
+		TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) &
+			     BIT(KVM_X86_SW_PROTECTED_VM));
+	}
 	/* The counters and the pool are there only with the flag's code. */
 	series = !access(CACHE_PARAM, W_OK);
 	if (plain) {
@@ -405,7 +478,7 @@ int main(int argc, char *argv[])
 		sleep(1);
 	}
 	printf("# kp-figure: stress%s: %lu pages removed, %lu left out of the direct map; ",
-	       plain ? " (plain)" : "", removed, left);
+	       mode_name(), removed, left);
 	printf("free pages %lu before, %lu after\n", free0, free1);
 	if (series)
 		write_file(CACHE_PARAM, "16");

@@ -96,6 +96,16 @@ static const struct vm_shape default_vm = {
 	.type = KVM_X86_DEFAULT_VM,
 };
 
+/*
+ * A default VM whose memory, from the first memslot on, is a guest_memfd
+ * created with MMAP | INIT_SHARED | NO_DIRECT_MAP and mapped by the VMM.
+ */
+static const struct vm_shape gmem_only_vm = {
+	.mode = VM_MODE_DEFAULT,
+	.type = KVM_X86_DEFAULT_VM,
+	.src_type = VM_MEM_SRC_GUEST_MEMFD_NO_DIRECT_MAP,
+};
+
 static int read_int(const char *path)
 {
 	char buf[32] = {};
@@ -2183,14 +2193,18 @@ TEST_F_TIMEOUT(mode, mapped_fault_signals, 180)
 	close(gmem);
 }
 
-/* What GUP-based accesses to @mem, a mapping of guest memory, get. */
-static void gup_access(struct __test_metadata *_metadata, u8 *mem,
+/*
+ * What GUP-based accesses to @mem, a mapping of the guest memory @gmem (a
+ * guest_memfd of DATA_SIZE), get.
+ */
+static void gup_access(struct __test_metadata *_metadata, int gmem, u8 *mem,
 		       bool refused)
 {
 	struct iovec local, remote = { mem, PAGE_SIZE };
 	char buf[PAGE_SIZE];
 	int fd, pipefd[2];
 	ssize_t r;
+	u8 *p;
 
 	local.iov_base = buf;
 	local.iov_len = sizeof(buf);
@@ -2231,14 +2245,31 @@ static void gup_access(struct __test_metadata *_metadata, u8 *mem,
 	} else {
 		ASSERT_EQ(r, PAGE_SIZE);
 	}
+
+	/* mlock() populates with GUP, and reports its EFAULT as ENOMEM. */
+	r = mlock(mem + 2 * PAGE_SIZE, PAGE_SIZE);
+	if (refused) {
+		ASSERT_EQ(r, -1);
+		ASSERT_EQ(errno, ENOMEM);
+	} else {
+		ASSERT_EQ(r, 0);
+		ASSERT_EQ(munlock(mem + 2 * PAGE_SIZE, PAGE_SIZE), 0);
+	}
+
+	/* MAP_POPULATE ignores GUP's refusal: the mapping, without pages. */
+	p = mmap(NULL, PAGE_SIZE, PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_POPULATE, gmem, DATA_SIZE - PAGE_SIZE);
+	ASSERT_NE(p, MAP_FAILED);
+	ASSERT_EQ(resident(p), !refused);
+	ASSERT_EQ(munmap(p, PAGE_SIZE), 0);
 }
 
 /*
  * GUP refuses memory off the direct map, as it refuses secretmem's: a
  * pinned page could be read through the direct map.  Without the flag the
- * same accesses work.  process_vm_readv(), /proc/self/mem and
- * MADV_POPULATE_WRITE go through GUP's slow path, vmsplice() of a mapped
- * page through GUP-fast.
+ * same accesses work.  process_vm_readv(), /proc/self/mem,
+ * MADV_POPULATE_WRITE, mlock() and MAP_POPULATE go through GUP's slow path,
+ * vmsplice() of a mapped page through GUP-fast.
  */
 TEST(mapped_gup_refused)
 {
@@ -2251,16 +2282,146 @@ TEST(mapped_gup_refused)
 				 GUEST_MEMFD_FLAG_MMAP |
 				 GUEST_MEMFD_FLAG_INIT_SHARED, &gmem, &mem);
 	WRITE_ONCE(mem[0], 0x5a);
-	gup_access(_metadata, mem, false);
+	gup_access(_metadata, gmem, mem, false);
 	kvm_vm_free(vm);
 	close(gmem);
 
 	vm = vm_with_mapped_gmem(guest_nothing, &vcpu, NDM_MAPPED, &gmem, &mem);
 	WRITE_ONCE(mem[0], 0x5a);
-	gup_access(_metadata, mem, true);
+	gup_access(_metadata, gmem, mem, true);
 	ASSERT_EQ(READ_ONCE(mem[0]), 0x5a);
 	kvm_vm_free(vm);
 	close(gmem);
+}
+
+/* The pfn that the VMM's @addr maps, from /proc/self/pagemap; 0 if none. */
+static u64 mapped_pfn(void *addr)
+{
+	u64 ent = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	TEST_ASSERT(fd >= 0, "open /proc/self/pagemap");
+	TEST_ASSERT(pread(fd, &ent, sizeof(ent),
+			  (uintptr_t)addr / PAGE_SIZE * sizeof(ent)) == sizeof(ent),
+		    "read /proc/self/pagemap");
+	close(fd);
+	/* Bit 63: present; bits 0-54: the pfn (0 without CAP_SYS_ADMIN). */
+	return ent >> 63 ? ent & GENMASK_ULL(54, 0) : 0;
+}
+
+static sigjmp_buf poison_jmp;
+static int poison_code;
+
+static void poison_on_sigbus(int sig, siginfo_t *si, void *ctx)
+{
+	poison_code = si->si_code;
+	siglongjmp(poison_jmp, 1);
+}
+
+/* What the VMM's read of @p gets, in words, into @buf. */
+static void read_poisoned(u8 *p, char *buf, size_t size)
+{
+	struct sigaction sa = {
+		.sa_sigaction = poison_on_sigbus,
+		.sa_flags = SA_SIGINFO,
+	}, old;
+
+	sigaction(SIGBUS, &sa, &old);
+	if (sigsetjmp(poison_jmp, 1))
+		snprintf(buf, size, "SIGBUS, si_code %d", poison_code);
+	else
+		snprintf(buf, size, "read %#x", READ_ONCE(*p));
+	sigaction(SIGBUS, &old, NULL);
+}
+
+#define SOFT_OFFLINE	"/sys/devices/system/memory/soft_offline_page"
+
+/* Soft-offline @pfn, as a RAS daemon does on corrected errors: 0 or errno. */
+static int soft_offline(u64 pfn)
+{
+	char buf[32];
+	int fd, len, r = 0;
+
+	fd = open(SOFT_OFFLINE, O_WRONLY);
+	TEST_ASSERT(fd >= 0, "open " SOFT_OFFLINE);
+	len = snprintf(buf, sizeof(buf), "%#llx",
+		       (unsigned long long)pfn * PAGE_SIZE);
+	if (write(fd, buf, len) != len)
+		r = errno;
+	close(fd);
+	return r;
+}
+
+/*
+ * Hardware poison in a page that the VMM maps (memory_failure(), as
+ * hwpoison/corrupt-pfn simulates it): memory_failure(), and the VMM's next
+ * read of the page, end as they do for a page of a mappable guest_memfd in
+ * the direct map; once the file is gone, the poisoned page is not mapped
+ * into the direct map again, nor, while memory_failure() holds it, the rest
+ * of its 2 MiB block.  Opt-in, as block_cache.hwpoison: it poisons two host
+ * pages for good.  Before it, a soft offline of another page (what a RAS
+ * daemon does on corrected errors, by migrating the page) ends as in the
+ * direct map too, without touching the page through it.
+ */
+TEST_F_TIMEOUT(block_cache, mapped_hwpoison, 120)
+{
+	static const u64 flags[] = {
+		GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED,
+		NDM_MAPPED,
+	};
+	u64 pfn = 0, removed0 = 0, restored0 = 0, left;
+	const char *result[2], *opt_in;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm[2];
+	int gmem[2], soft[2], i;
+	char got[2][32];
+	u8 *mem[2];
+
+	opt_in = getenv(HWPOISON_OPT_IN);
+	if (!opt_in || strcmp(opt_in, "1"))
+		SKIP(return, "poisons host pages for good: set " HWPOISON_OPT_IN "=1");
+	if (access(HWPOISON_PFN, W_OK) || access(SOFT_OFFLINE, W_OK) ||
+	    mf_count("total") < 0)
+		SKIP(return, "no %s, %s or memory_failure counters",
+		     HWPOISON_PFN, SOFT_OFFLINE);
+	if ((kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS) & NDM_MAPPED) != NDM_MAPPED)
+		SKIP(return, "no MMAP | INIT_SHARED | NO_DIRECT_MAP");
+
+	for (i = 0; i < 2; i++) {
+		vm[i] = vm_with_mapped_gmem(guest_nothing, &vcpu, flags[i],
+					    &gmem[i], &mem[i]);
+		removed0 = get_vmstat("direct_map_removed");
+		restored0 = get_vmstat("direct_map_restored");
+		WRITE_ONCE(mem[i][0], 0x5a);
+		WRITE_ONCE(mem[i][PAGE_SIZE], 0xa5);
+		pfn = mapped_pfn(mem[i] + PAGE_SIZE);
+		ASSERT_NE(pfn, 0);
+		soft[i] = soft_offline(pfn);
+		ASSERT_EQ(READ_ONCE(mem[i][PAGE_SIZE]), 0xa5);
+
+		pfn = mapped_pfn(mem[i]);
+		ASSERT_NE(pfn, 0);
+		result[i] = poison(pfn);
+		read_poisoned(mem[i], got[i], sizeof(got[i]));
+	}
+	TH_LOG("soft offline: %s in the direct map, %s without",
+	       strerror(soft[0]), strerror(soft[1]));
+	TH_LOG("memory_failure(): %s in the direct map, %s without; the VMM's read: %s, %s",
+	       result[0], result[1], got[0], got[1]);
+	ASSERT_EQ(soft[1], soft[0]);
+	ASSERT_STREQ(result[1], result[0]);
+	ASSERT_STREQ(got[1], got[0]);
+
+	/* Release waits for the pool's worker. */
+	kvm_vm_free(vm[1]);
+	close(gmem[1]);
+	left = get_vmstat("direct_map_removed") - removed0 -
+	       (get_vmstat("direct_map_restored") - restored0);
+	ASSERT_EQ(left, strcmp(result[1], "failed") ? 1 : BLOCK_PAGES);
+	ASSERT_TRUE(page_poisoned(pfn));
+
+	kvm_vm_free(vm[0]);
+	close(gmem[0]);
 }
 
 #define OUTS_PORT	0x80
@@ -2314,11 +2475,6 @@ static void guest_gmem_only(void)
  */
 TEST(default_vm_gmem_only)
 {
-	struct vm_shape shape = {
-		.mode = VM_MODE_DEFAULT,
-		.type = KVM_X86_DEFAULT_VM,
-		.src_type = VM_MEM_SRC_GUEST_MEMFD_NO_DIRECT_MAP,
-	};
 	struct pvclock_vcpu_time_info *pvti;
 	unsigned int n = 0, in = 0, mmio = 0;
 	char got[sizeof(outs_data)];
@@ -2327,7 +2483,7 @@ TEST(default_vm_gmem_only)
 	struct kvm_vm *vm;
 	gva_t gva;
 
-	vm = vm_create_shape_with_one_vcpu(shape, &vcpu, guest_gmem_only);
+	vm = vm_create_shape_with_one_vcpu(gmem_only_vm, &vcpu, guest_gmem_only);
 	virt_map(vm, MMIO_GPA, MMIO_GPA, 1);
 	gva = vm_alloc_page(vm);
 	pvti_gpa = addr_gva2gpa(vm, gva);
@@ -2412,44 +2568,166 @@ TEST(default_vm_gmem_only)
 	kvm_vm_free(vm);
 }
 
+#define NESTED_ROUNDS	500
+
 static void l2_vmcall(struct svm_test_data *svm)
 {
-	__asm__ __volatile__("vmcall");
+	for (;;)
+		__asm__ __volatile__("vmcall");
 }
 
 static void l1_svm(struct svm_test_data *svm)
 {
+	int i;
+
 	generic_svm_setup(svm, l2_vmcall);
-	run_guest(svm->vmcb, svm->vmcb_gpa);
-	GUEST_ASSERT_EQ(svm->vmcb->control.exit_code, SVM_EXIT_VMMCALL);
+	for (i = 0; i < NESTED_ROUNDS; i++) {
+		run_guest(svm->vmcb, svm->vmcb_gpa);
+		GUEST_ASSERT_EQ(svm->vmcb->control.exit_code, SVM_EXIT_VMMCALL);
+		svm->vmcb->save.rip += 3;
+	}
 	GUEST_DONE();
+}
+
+/* Whether vmalloc flushes every vunmap() itself (debug_pagealloc=on). */
+static bool vunmap_flushes(void)
+{
+	char cmdline[4096] = {};
+	int fd = open("/proc/cmdline", O_RDONLY);
+
+	TEST_ASSERT(fd >= 0, "open /proc/cmdline");
+	TEST_ASSERT(read(fd, cmdline, sizeof(cmdline) - 1) > 0, "read /proc/cmdline");
+	close(fd);
+	return strstr(cmdline, "debug_pagealloc=on");
+}
+
+/* Function-call IPIs (x86's "CAL" in /proc/interrupts), summed over CPUs. */
+static u64 call_ipis(void)
+{
+	FILE *f = fopen("/proc/interrupts", "r");
+	char word[64];
+	u64 sum = 0;
+	bool cal = false;
+
+	TEST_ASSERT(f, "open /proc/interrupts");
+	while (fscanf(f, "%63s", word) == 1) {
+		if (!strcmp(word, "CAL:"))
+			cal = true;
+		else if (cal && word[0] >= '0' && word[0] <= '9')
+			sum += strtoull(word, NULL, 10);
+		else if (cal)
+			break;
+	}
+	fclose(f);
+	return sum;
+}
+
+/*
+ * Steal time in a guest_memfd off the direct map: KVM writes the guest's
+ * kvm_steal_time through the VMM's mapping (a gfn_to_hva_cache and
+ * user-access helpers), at every vCPU load.
+ */
+static void guest_steal_time(gpa_t st_gpa, struct kvm_steal_time *st)
+{
+	u32 version;
+
+	wrmsr(MSR_KVM_STEAL_TIME, st_gpa | KVM_MSR_ENABLED);
+	GUEST_SYNC(0);
+	version = READ_ONCE(st->version);
+	GUEST_ASSERT(version && !(version & 1));
+	GUEST_SYNC(1);
+	GUEST_ASSERT(READ_ONCE(st->version) > version);
+	wrmsr(MSR_KVM_STEAL_TIME, 0);
+	GUEST_DONE();
+}
+
+TEST(steal_time_gmem_only)
+{
+	struct kvm_steal_time *st;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	gva_t st_gva;
+
+	if (!kvm_cpu_has(X86_FEATURE_KVM_STEAL_TIME))
+		SKIP(return, "no steal time");
+
+	vm = vm_create_shape_with_one_vcpu(gmem_only_vm, &vcpu,
+					   guest_steal_time);
+	st_gva = vm_alloc_page(vm);
+	st = addr_gva2hva(vm, st_gva);
+	memset(st, 0, sizeof(*st));
+	vcpu_args_set(vcpu, 2, addr_gva2gpa(vm, st_gva), st_gva);
+	run_until(vcpu, UCALL_SYNC);
+	run_until(vcpu, UCALL_SYNC);
+	run_until(vcpu, UCALL_DONE);
+	/* The VMM reads what KVM wrote, through its mapping. */
+	ASSERT_NE(READ_ONCE(st->version), 0);
+	kvm_vm_free(vm);
+}
+
+static void guest_write_data(void)
+{
+	WRITE_ONCE(*(u64 *)DATA_GPA, 0x1234);
+	GUEST_DONE();
+}
+
+/*
+ * A KVM_X86_DEFAULT_VM has no private memory: a guest_memfd without MMAP is
+ * accepted there, but the guest gets the memory behind the memslot's
+ * userspace address, and the file gets no page (as documented).
+ */
+TEST(default_vm_without_mmap_unused)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	int gmem;
+
+	vm = vm_create_shape_with_one_vcpu(default_vm, &vcpu, guest_write_data);
+	gmem = vm_create_guest_memfd(vm, DATA_SIZE,
+				     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
+	vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT, DATA_PAGES,
+		   KVM_MEM_GUEST_MEMFD, gmem, 0);
+	virt_map(vm, DATA_GPA, DATA_GPA, DATA_PAGES);
+	run_until(vcpu, UCALL_DONE);
+	ASSERT_EQ(READ_ONCE(*(u64 *)addr_gpa2hva(vm, DATA_GPA)), 0x1234);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+	kvm_vm_free(vm);
+	close(gmem);
 }
 
 /*
  * Nested SVM with vmcb12 (and all of L1's and L2's memory) in a guest_memfd
  * off the direct map: VMRUN and the #VMEXIT map vmcb12 with kvm_vcpu_map(),
  * which takes the page from guest_memfd and maps it with vmap(), as GUP
- * refuses it.
+ * refuses it.  Taking the mapping down costs no host-wide TLB flush (an IPI
+ * to every other CPU), or L1 could make the host flush at will: 500 rounds
+ * of VMRUN and #VMEXIT (1000 mappings taken down) cost fewer function-call
+ * IPIs than a quarter of a flush per round would.  Not counted when
+ * debug_pagealloc is on: vmalloc then flushes every vunmap() itself.
  */
 TEST(nested_svm_gmem_only)
 {
-	struct vm_shape shape = {
-		.mode = VM_MODE_DEFAULT,
-		.type = KVM_X86_DEFAULT_VM,
-		.src_type = VM_MEM_SRC_GUEST_MEMFD_NO_DIRECT_MAP,
-	};
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
+	long cpus;
+	u64 ipis;
 	gva_t svm_gva;
 
 	if (!kvm_cpu_has(X86_FEATURE_SVM))
 		SKIP(return, "no nested SVM");
 
-	vm = vm_create_shape_with_one_vcpu(shape, &vcpu, l1_svm);
+	vm = vm_create_shape_with_one_vcpu(gmem_only_vm, &vcpu, l1_svm);
 	vcpu_alloc_svm(vm, &svm_gva);
 	vcpu_args_set(vcpu, 1, svm_gva);
+	ipis = call_ipis();
 	run_until(vcpu, UCALL_DONE);
+	ipis = call_ipis() - ipis;
 	kvm_vm_free(vm);
+	cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	TH_LOG("%d rounds of VMRUN and #VMEXIT: %lu function-call IPIs on %ld CPUs",
+	       NESTED_ROUNDS, ipis, cpus);
+	if (cpus > 1 && !vunmap_flushes())
+		ASSERT_LT(ipis, NESTED_ROUNDS * (cpus - 1) / 4);
 }
 
 #define MAP_GPA_PRIVATE_ATTR	BIT_ULL(4)	/* KVM_MAP_GPA_RANGE_ENCRYPTED */
