@@ -56,26 +56,60 @@ file -L "$BUSYBOX" 2>/dev/null | grep -q 'statically linked' ||
 kp_timer_start
 root=$KP_RUN/initramfs
 rm -rf "$root"
-mkdir -p "$root"/{bin,dev,proc,sys,tmp,kp}
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,kp,usr/bin}
 cp "$BUSYBOX" "$root/bin/busybox"
 cp "$KP_TOP/scripts/guest/init" "$root/init"
+cp "$KP_TOP/scripts/guest/hang.sh" "$root/kp/hang.sh"
+# The kselftest runner calls /usr/bin/timeout by that path.
+cp "$KP_TOP/scripts/guest/timeout" "$root/usr/bin/timeout"
 mknod -m 600 "$root/dev/console" c 5 1
 mknod -m 666 "$root/dev/null" c 1 3
-grep -v '^#' "$LIST" | awk 'NF' >"$root/kp/tests.list"
+# "runner" lines: tests run by the kselftest runner (/kp/runner.list,
+# COLLECTION:TEST and the --override-timeout, if any); the others by the
+# init itself (/kp/tests.list).
+grep -v '^#' "$LIST" | awk 'NF && $1 != "runner"' >"$root/kp/tests.list"
+: >"$root/kp/runner.list"
+INSTALL=$SELFTESTS/kselftest_install
+
+# The shared libraries that a program loads, at the same paths.
+copy_libs() {
+	ldd "$1" | grep -oE '/[^ ]+' | while read -r lib; do
+		mkdir -p "$root$(dirname "$lib")"
+		cp -L "$lib" "$root$lib"
+	done
+}
 
 # The tests, a test of tools/testing/selftests/DIR in /kp/DIR (KVM's in
-# /kp/kvm), and the shared libraries they load, at the same paths.
+# /kp/kvm).
 while read -r t _; do
 	kp_selftest "$t"
 	bin=$SELFTESTS/$kp_dir/$kp_prog
 	[ -x "$bin" ] || kp_die "selftest $t not built (run scripts/kp selftests)"
 	mkdir -p "$root/kp/$kp_dir/$(dirname "$kp_prog")"
 	cp "$bin" "$root/kp/$kp_dir/$kp_prog"
-	ldd "$bin" | grep -oE '/[^ ]+' | while read -r lib; do
-		mkdir -p "$root$(dirname "$lib")"
-		cp -L "$lib" "$root$lib"
-	done
+	copy_libs "$bin"
 done <"$root/kp/tests.list"
+
+# The kselftest-install tree in /kp/kselftest: the runner, its list, the
+# directories' settings, and of the tests only those the list names
+# (installed flat, as the install rule does: COLLECTION:BASENAME).
+while read -r r t tmo _; do
+	[ "$r" = runner ] || continue
+	kp_selftest "$t"
+	[ -f "$INSTALL/run_kselftest.sh" ] || kp_die "no kselftest-install tree in $INSTALL (run scripts/kp selftests)"
+	name=$kp_dir:$(basename "$kp_prog")
+	grep -qxF "$name" "$INSTALL/kselftest-list.txt" ||
+		kp_die "$name is not in $INSTALL/kselftest-list.txt: the runner would not run it"
+	if [ ! -d "$root/kp/kselftest" ]; then
+		mkdir -p "$root/kp/kselftest"
+		cp -r "$INSTALL/run_kselftest.sh" "$INSTALL/kselftest" "$INSTALL/kselftest-list.txt" "$root/kp/kselftest/"
+	fi
+	mkdir -p "$root/kp/kselftest/$kp_dir"
+	[ -f "$INSTALL/$kp_dir/settings" ] && cp "$INSTALL/$kp_dir/settings" "$root/kp/kselftest/$kp_dir/"
+	cp "$INSTALL/$kp_dir/$(basename "$kp_prog")" "$root/kp/kselftest/$kp_dir/"
+	copy_libs "$INSTALL/$kp_dir/$(basename "$kp_prog")"
+	echo "$name${tmo:+ $tmo}" >>"$root/kp/runner.list"
+done < <(grep -v '^#' "$LIST")
 (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$KP_RUN/initramfs.cpio" ||
 	kp_die "cannot pack the initramfs"
 

@@ -44,6 +44,9 @@ def counts(path):
         group = kind + ':' + rest.split('/')[0] if rest else name
         if kind == 'kvm' and rest.startswith('x86/'):
             group = kind + ':' + '/'.join(rest.split('/')[:2])
+        # A test the kselftest runner ran: kselftest:runner[,...]/DIR:TEST/...
+        if kind == 'kselftest' and len(rest.split('/')) > 1:
+            group = rest.split('/')[1] + ' (runner)'
         groups.setdefault(group, collections.Counter())[word] += 1
     return groups
 

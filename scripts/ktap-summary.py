@@ -10,7 +10,8 @@ test (PASS/FAIL/SKIP and its path) and ends with the line
 
 Leaves are counted: a KUnit case, a result of a selftest that prints KTAP
 of its own (a kselftest_harness case, one of memfd_secret's checks), or a
-selftest that prints none.  A parent that failed although none of its
+selftest that prints none; the same for the tests that the kselftest
+runner ran (kselftest:runner...), whose output it prints as comments.  A parent that failed although none of its
 children did (a crash after the last case, a timeout) counts as one more
 failure.  Two checks of the run itself are counted as tests too:
 kp:guest-finished (the guest reached the end of its init) and
@@ -26,6 +27,13 @@ import sys
 RESULT = re.compile(r'^(?P<ok>ok|not ok) (?P<num>\d+)(?: -)?(?: (?P<name>[^#]*?))?\s*(?:#\s*(?P<dir>.*))?$')
 VERSION = re.compile(r'^(?:K?TAP version \d+)$')
 PLAN = re.compile(r'^1\.\.(\d+)')
+# A run of the kselftest runner (run_kselftest.sh), as the guest's init
+# names it: its results are the tests it ran, each with its output as the
+# runner prints it, every line a comment.
+# Its name for a test, "selftests: DIR: TEST", becomes DIR:TEST here.
+RUNNER = 'kselftest:runner'
+RUNNER_TEST = re.compile(r'^selftests: (?P<dir>[^:]+): (?P<test>\S+)$')
+
 
 SPLATS = re.compile(
     r'(WARNING: |BUG: |kernel BUG at|Oops|Kernel panic|general protection fault|'
@@ -56,8 +64,13 @@ def indent_of(line):
     return len(line) - len(line.lstrip(' '))
 
 
-def parse(lines, depth):
-    """Results at indent `depth`; deeper lines before each belong to it."""
+def parse(lines, depth, unwrap=False):
+    """Results at indent `depth`; deeper lines before each belong to it.
+
+    With `unwrap`, the comment lines at `depth` are a test's own output as
+    the kselftest runner prints it ("# " before each line): they belong to
+    the next result as if indented.
+    """
     tests, pending = [], []
     for line in lines:
         ind = indent_of(line)
@@ -66,13 +79,34 @@ def parse(lines, depth):
             # A result without a name ("ok 1 # SKIP ...", as kselftest.h's
             # ksft_exit_skip() prints it) is named by its number.
             name = (m.group('name') or '').strip() or m.group('num')
+            r = RUNNER_TEST.match(name) if unwrap else None
+            if r:
+                name = r.group('dir') + ':' + r.group('test')
             t = Test(name, m.group('ok') == 'ok', m.group('dir'))
+            # The runner calls exit status 2 (KSFT_XFAIL) "ok ... # XFAIL";
+            # a program of the series never means it: a failure, as it is
+            # when the init runs the program.
+            if unwrap and t.directive.upper().startswith('XFAIL'):
+                t.ok, t.directive = False, 'exit 2 (the runner says XFAIL)'
             if any(VERSION.match(p.strip()) for p in pending if indent_of(p) >= depth + 4):
-                t.children = parse(pending, depth + 4)
+                t.children = parse(pending, depth + 4, name.startswith(RUNNER))
+                if name.startswith(RUNNER):
+                    # The runner's plan: a test it never reported (it
+                    # died, or the guest did) is a failure.
+                    plan = next((int(m2.group(1)) for m2 in
+                                 (PLAN.match(p.strip()) for p in pending
+                                  if indent_of(p) == depth + 4) if m2), None)
+                    if plan is not None and len(t.children) < plan:
+                        t.children.append(Test('all-results-reported', False,
+                                               '%d of %d results missing' %
+                                               (plan - len(t.children), plan)))
             tests.append(t)
             pending = []
         elif ind > depth:
             pending.append(line)
+        elif unwrap and line[ind:].startswith('#'):
+            text = line[ind + 1:]
+            pending.append(' ' * (depth + 4) + (text[1:] if text.startswith(' ') else text))
     return tests
 
 

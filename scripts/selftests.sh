@@ -19,7 +19,13 @@ LIST=${KP_SELFTESTS_LIST:-$KP_TOP/configs/selftests.list}
 SRC=$KP_LINUX/tools/testing/selftests
 # The programs to build, per directory below tools/testing/selftests.
 declare -A targets=()
-while read -r t _; do
+runner_dirs=
+while read -r t x _; do
+	if [ "$t" = runner ]; then
+		t=$x
+		kp_selftest "$t"
+		case " $runner_dirs " in *" $kp_dir "*) ;; *) runner_dirs="$runner_dirs $kp_dir" ;; esac
+	fi
 	kp_selftest "$t"
 	if [ -z "$kp_dir" ] || [ -z "$kp_prog" ] || [ ! -f "$SRC/$kp_dir/Makefile" ]; then
 		kp_die "$LIST: '$t' is not DIR:PROGRAM of a directory below tools/testing/selftests with a Makefile" "$LIST"
@@ -76,6 +82,22 @@ warnings=$(awk -v names=" $names " '
 if [ -n "$warnings" ]; then
 	echo "$warnings" | head -n 20 | sed 's/^/  /' >&2
 	kp_die "warnings in the series' selftests"
+fi
+# The tests that the guest runs through the kselftest runner ("runner"
+# lines) run from a kselftest-install tree, made as a user makes it:
+# "make -C tools/testing/selftests TARGETS=<dirs> install", which builds
+# every test of those directories (the first time: later runs are
+# incremental), into $KP_BUILD/kselftest/kselftest_install.
+if [ -n "$runner_dirs" ]; then
+	install_start=$(date +%s)
+	# shellcheck disable=SC2086
+	if ! kp_log make -C "$SRC" -j"$KP_JOBS" -Otarget ARCH=x86_64 O="$KP_BUILD" \
+		KHDR_INCLUDES="-isystem $KP_BUILD/usr/include" TARGETS="$(echo $runner_dirs)" \
+		FORCE_TARGETS=1 install; then
+		grep -E 'error:|Error [0-9]|No rule' "$KP_LOGS/selftests.log" | head -n 20 | sed 's/^/  /' >&2
+		kp_die "kselftest install failed (TARGETS=$(echo $runner_dirs))"
+	fi
+	kp_say "kselftest-install of$runner_dirs: $KP_BUILD/kselftest/kselftest_install ($(( $(date +%s) - install_start ))s, $(wc -l <"$KP_BUILD/kselftest/kselftest_install/kselftest-list.txt") tests listed)"
 fi
 dirs=$(printf '%s\n' "${!targets[@]}" | LC_ALL=C sort | xargs | tr ' ' ,)
 kp_say "built $n tests in $KP_BUILD/kselftest/{$dirs} ($(kp_timer_end)s; $(echo $ours | wc -w) of the series' sources compiled afresh, no warnings)"

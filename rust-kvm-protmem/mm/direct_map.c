@@ -29,6 +29,8 @@
  * direct-map pool (mm/direct_map_pool.c) hands such pages out.
  */
 
+#include <kunit/static_stub.h>
+#include <kunit/visibility.h>
 #include <linux/direct_map.h>
 #include <linux/fault-inject.h>
 #include <linux/mm.h>
@@ -40,6 +42,16 @@
 #include <asm/tlbflush.h>
 
 #include "internal.h"
+
+/*
+ * The API is exported to the modules that use it: KVM, and its KUnit test
+ * (mm/direct_map_kunit.c) when that is a module.
+ */
+#if IS_MODULE(CONFIG_DIRECT_MAP_KUNIT_TEST)
+#define DIRECT_MAP_USERS	"kvm,direct_map_kunit"
+#else
+#define DIRECT_MAP_USERS	"kvm"
+#endif
 
 /* Pages out of the direct map now, for hibernation_available(). */
 static atomic_long_t direct_map_nr_removed;
@@ -56,6 +68,7 @@ bool direct_map_removal_active(void)
 {
 	return atomic_long_read(&direct_map_nr_removed) > 0;
 }
+EXPORT_SYMBOL_IF_KUNIT(direct_map_removal_active);
 
 /*
  * The direct-map pool's free blocks do not count: it gives them back before
@@ -82,17 +95,32 @@ static int __init fail_direct_map_debugfs(void)
 }
 late_initcall(fail_direct_map_debugfs);
 
-/* Fail a removal step as a split that cannot allocate would. */
-static bool direct_map_should_fail(unsigned long nr)
-{
-	return should_fail(&fail_direct_map, nr << PAGE_SHIFT);
-}
-#else
-static inline bool direct_map_should_fail(unsigned long nr)
-{
-	return false;
-}
 #endif /* CONFIG_FAIL_DIRECT_MAP */
+
+/*
+ * Fail a removal step as a split that cannot allocate would: from the
+ * fail_direct_map fault point, or from a KUnit test's static stub (which
+ * sees only the calls of the test's own task).
+ */
+VISIBLE_IF_KUNIT bool direct_map_should_fail(unsigned long nr)
+{
+	KUNIT_STATIC_STUB_REDIRECT(direct_map_should_fail, nr);
+#ifdef CONFIG_FAIL_DIRECT_MAP
+	return should_fail(&fail_direct_map, nr << PAGE_SHIFT);
+#else
+	return false;
+#endif
+}
+EXPORT_SYMBOL_IF_KUNIT(direct_map_should_fail);
+
+#if IS_ENABLED(CONFIG_DIRECT_MAP_KUNIT_TEST)
+/* The count behind direct_map_removal_active(), for the KUnit test. */
+long direct_map_nr_removed_pages(void)
+{
+	return atomic_long_read(&direct_map_nr_removed);
+}
+EXPORT_SYMBOL_IF_KUNIT(direct_map_nr_removed_pages);
+#endif
 
 /* Pages from @pfn up to the next PMD boundary, at most @left. */
 static unsigned long direct_map_step(unsigned long pfn, unsigned long left)
@@ -196,7 +224,7 @@ bool direct_map_page_present(struct page *page)
 	mmap_read_unlock(&init_mm);
 	return present;
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_page_present, "kvm");
+EXPORT_SYMBOL_FOR_MODULES(direct_map_page_present, DIRECT_MAP_USERS);
 
 /**
  * direct_map_vmap_page - Map a page that is out of the direct map
@@ -214,7 +242,7 @@ void *direct_map_vmap_page(struct page *page)
 {
 	return vmap(&page, 1, VM_MAP, PAGE_KERNEL);
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_vmap_page, "kvm");
+EXPORT_SYMBOL_FOR_MODULES(direct_map_vmap_page, DIRECT_MAP_USERS);
 
 /**
  * direct_map_vunmap_page - Take down a mapping from direct_map_vmap_page()
@@ -232,7 +260,7 @@ void direct_map_vunmap_page(void *addr)
 {
 	vunmap(addr);
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_vunmap_page, "kvm");
+EXPORT_SYMBOL_FOR_MODULES(direct_map_vunmap_page, DIRECT_MAP_USERS);
 
 /**
  * direct_map_flush_aliases - Flush the mappings taken down so far
@@ -247,7 +275,7 @@ void direct_map_flush_aliases(void)
 {
 	vm_unmap_aliases();
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_flush_aliases, "kvm");
+EXPORT_SYMBOL_FOR_MODULES(direct_map_flush_aliases, DIRECT_MAP_USERS);
 
 /**
  * direct_map_has_hwpoison - Whether removed pages have hardware poison
@@ -264,7 +292,7 @@ bool direct_map_has_hwpoison(struct page *page, unsigned long nr)
 {
 	return direct_map_poisoned(page, nr);
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_has_hwpoison, "kvm");
+EXPORT_SYMBOL_FOR_MODULES(direct_map_has_hwpoison, DIRECT_MAP_USERS);
 
 /**
  * direct_map_batch_remove - Remove pages from the direct map, flush later
@@ -331,7 +359,7 @@ int direct_map_batch_remove(struct direct_map_batch *batch, struct page *page,
 	count_vm_events(DIRECT_MAP_REMOVED, nr);
 	return 0;
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_remove, "kvm");
+EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_remove, DIRECT_MAP_USERS);
 
 /**
  * direct_map_batch_zero - Zero pages that are out of the direct map
@@ -382,7 +410,7 @@ int direct_map_batch_zero(struct direct_map_batch *batch, struct page *page,
 	batch->nr_zeroed += nr;
 	return 0;
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_zero, "kvm");
+EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_zero, DIRECT_MAP_USERS);
 
 /**
  * direct_map_batch_flush - Flush the TLBs for the ranges a batch removed
@@ -414,7 +442,7 @@ void direct_map_batch_flush(struct direct_map_batch *batch)
 	direct_map_pool_publish(batch);
 	direct_map_batch_init(batch);
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_flush, "kvm");
+EXPORT_SYMBOL_FOR_MODULES(direct_map_batch_flush, DIRECT_MAP_USERS);
 
 /**
  * direct_map_remove - Remove pages from the direct map and flush the TLBs
@@ -437,7 +465,7 @@ int direct_map_remove(struct page *page, unsigned long nr)
 	direct_map_batch_flush(&batch);
 	return ret;
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_remove, "kvm");
+EXPORT_SYMBOL_FOR_MODULES(direct_map_remove, DIRECT_MAP_USERS);
 
 /**
  * direct_map_restore - Give removed pages back to the direct map
@@ -475,7 +503,7 @@ void direct_map_restore(struct page *page, unsigned long nr)
 	atomic_long_sub(nr - left, &direct_map_nr_removed);
 	count_vm_events(DIRECT_MAP_RESTORED, nr - left);
 }
-EXPORT_SYMBOL_FOR_MODULES(direct_map_restore, "kvm");
+EXPORT_SYMBOL_FOR_MODULES(direct_map_restore, DIRECT_MAP_USERS);
 
 #ifdef CONFIG_DEBUG_DIRECT_MAP
 /**
@@ -512,8 +540,4 @@ bool direct_map_check_free(struct page *page, unsigned int order)
 	}
 	return true;
 }
-#endif
-
-#ifdef CONFIG_DIRECT_MAP_KUNIT_TEST
-#include "direct_map_test.c"
 #endif

@@ -197,7 +197,7 @@ static void dm_block_join_free(struct dm_block *b)
 
 /*
  * Whether every page of the block is back.  A page that memory_failure()
- * keeps is never back: its block stays, out of use, and unmovable.
+ * keeps is never back: its block is never whole again, and unmovable.
  */
 static bool dm_block_complete(struct dm_block *b)
 {
@@ -1221,6 +1221,6 @@ static int __init dm_pool_init(void)
 }
 core_initcall(dm_pool_init);
 
-#ifdef CONFIG_DIRECT_MAP_KUNIT_TEST
-#include "direct_map_pool_test.c"
+#ifdef CONFIG_DIRECT_MAP_POOL_KUNIT_TEST
+#include "direct_map_pool_kunit.c"
 #endif

@@ -14,8 +14,10 @@
  * vCPUs' mappings hold it).  All of it runs in
  * a child process; afterwards the parent empties the cache of free blocks and
  * checks that every page removed from the direct map was restored and that
- * the free pages came back.  Lockdep, KASAN and WARN reports are for the console log
- * (and whoever reads it) to show.
+ * the free pages came back, and that the kernel did not warn, oops or find a
+ * bad page (a new taint, or more warnings or oopses counted) and lockdep did
+ * not turn itself off meanwhile; the reports themselves are in the kernel
+ * log.
  *
  * Usage: gmem_no_direct_map_stress [seconds, default 20] [plain | mapped]
  *
@@ -417,8 +419,66 @@ static void run_stress(int seconds)
 		    "nothing happened in %d s", seconds);
 }
 
+#define TAINTED	"/proc/sys/kernel/tainted"
+
+static unsigned long kernel_taint(void)
+{
+	FILE *f = fopen(TAINTED, "r");
+	unsigned long val = 0;
+
+	TEST_ASSERT(f, "open " TAINTED);
+	TEST_ASSERT(fscanf(f, "%lu", &val) == 1, "read " TAINTED);
+	fclose(f);
+	return val;
+}
+
+/* Taints that a kernel report sets: BAD_PAGE, DIE, WARN, SOFTLOCKUP. */
+#define REPORT_TAINTS	((1UL << 5) | (1UL << 7) | (1UL << 9) | (1UL << 14))
+
+/*
+ * The kernel's count of warnings or oopses (/sys/kernel/warn_count,
+ * oops_count; 0 without them): a taint once set stays, so on a host that
+ * warned before only the counts show a new report.
+ */
+static unsigned long report_count(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	unsigned long val = 0;
+
+	if (!f)
+		return 0;
+	if (fscanf(f, "%lu", &val) != 1)
+		val = 0;
+	fclose(f);
+	return val;
+}
+
+#define WARN_COUNT	"/sys/kernel/warn_count"
+#define OOPS_COUNT	"/sys/kernel/oops_count"
+
+/* debug_locks of /proc/lockdep_stats: 0 once lockdep reported; -1 without it. */
+static int lockdep_on(void)
+{
+	FILE *f = fopen("/proc/lockdep_stats", "r");
+	char line[128];
+	int val = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, " debug_locks: %d", &val) == 1)
+			break;
+	fclose(f);
+	return val;
+}
+
 int main(int argc, char *argv[])
 {
+	unsigned long taint0 = kernel_taint();
+	unsigned long warns0 = report_count(WARN_COUNT);
+	unsigned long oopses0 = report_count(OOPS_COUNT);
+	int lockdep0 = lockdep_on();
+	char cache0[16] = "16";
 	int seconds = argc > 1 ? atoi(argv[1]) : 20;
 	bool plain = argc > 2 && !strcmp(argv[2], "plain"), series;
 	u64 removed0 = 0, restored0 = 0, removed = 0, left = 0, free0, free1;
@@ -447,8 +507,12 @@ int main(int argc, char *argv[])
 	}
 
 	if (series) {
+		FILE *f = fopen(CACHE_PARAM, "r");
+
+		TEST_ASSERT(f && fscanf(f, "%15s", cache0) == 1, "read " CACHE_PARAM);
+		fclose(f);
 		write_file(CACHE_PARAM, "0");
-		write_file(CACHE_PARAM, "16");
+		write_file(CACHE_PARAM, cache0);
 		removed0 = get_vmstat("direct_map_removed");
 		restored0 = get_vmstat("direct_map_restored");
 	}
@@ -481,7 +545,14 @@ int main(int argc, char *argv[])
 	       mode_name(), removed, left);
 	printf("free pages %lu before, %lu after\n", free0, free1);
 	if (series)
-		write_file(CACHE_PARAM, "16");
+		write_file(CACHE_PARAM, cache0);
+	TEST_ASSERT(!(kernel_taint() & ~taint0 & REPORT_TAINTS),
+		    "kernel report (taint %#lx, was %#lx): see its log",
+		    kernel_taint(), taint0);
+	TEST_ASSERT(report_count(WARN_COUNT) == warns0 &&
+		    report_count(OOPS_COUNT) == oopses0,
+		    "the kernel warned or oopsed: see its log");
+	TEST_ASSERT(lockdep_on() == lockdep0, "lockdep reported: see the kernel log");
 	TEST_ASSERT_EQ(left, 0);
 	/* Without the flag nothing leaves the direct map. */
 	if (plain)

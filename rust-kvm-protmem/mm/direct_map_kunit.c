@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * KUnit tests for direct-map removal.  Included by mm/direct_map.c, so that
- * the tests can drive the fail_direct_map fault point.
+ * KUnit tests for direct-map removal.  A failed split is simulated with a
+ * static stub on direct_map_should_fail(), which fails only the test's own
+ * calls: the fail_direct_map fault point and other users are left alone.
  *
  * Splits and collapses are seen in two ways: the level of the direct-map
  * entry that maps a page (lookup_address()), checked on every run, and the
@@ -11,11 +12,19 @@
  *   echo 1 > /sys/kernel/debug/kunit/direct_map/run
  */
 
+#include <kunit/static_stub.h>
 #include <kunit/test.h>
+#include <linux/direct_map.h>
 #include <linux/gfp.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/pgtable.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/vmstat.h>
+
+#include "internal.h"
 
 /* Pages in a PMD-sized block. */
 #define DM_PMD_NR	BIT(PMD_ORDER)
@@ -285,34 +294,34 @@ static void direct_map_test_batch_one_flush(struct kunit *test)
 	}
 }
 
+/* Let the first PMD-sized step through, fail the second. */
+static bool dm_fail_second_step(unsigned long nr)
+{
+	unsigned int *steps = kunit_get_current_test()->priv;
+
+	return ++*steps == 2;
+}
+
 static void direct_map_test_injected_failure(struct kunit *test)
 {
 	struct page *page = alloc_pages(GFP_KERNEL | __GFP_NOWARN, PMD_ORDER + 1);
+	unsigned int steps = 0;
 	struct dm_counts a, b;
 	long active;
 	int ret;
 
 	if (!page)
 		kunit_skip(test, "no order-%d block", PMD_ORDER + 1);
-#ifdef CONFIG_FAIL_DIRECT_MAP
-	/* Let the first PMD-sized step through, fail the second. */
-	fail_direct_map.verbose = 0;
-	fail_direct_map.interval = 1;
-	atomic_set(&fail_direct_map.space, PMD_SIZE + 1);
-	atomic_set(&fail_direct_map.times, 1);
-	fail_direct_map.probability = 100;
-#else
-	__free_pages(page, PMD_ORDER + 1);
-	kunit_skip(test, "needs CONFIG_FAIL_DIRECT_MAP");
-#endif
 	dm_read_counts(test, &a);
-	active = atomic_long_read(&direct_map_nr_removed);
+	active = direct_map_nr_removed_pages();
+	test->priv = &steps;
+	kunit_activate_static_stub(test, direct_map_should_fail,
+				   dm_fail_second_step);
 	ret = direct_map_remove(page, 2 * DM_PMD_NR);
+	kunit_deactivate_static_stub(test, direct_map_should_fail);
 	dm_read_counts(test, &b);
-	KUNIT_EXPECT_EQ(test, atomic_long_read(&direct_map_nr_removed), active);
-#ifdef CONFIG_FAIL_DIRECT_MAP
-	fail_direct_map.probability = 0;
-#endif
+	KUNIT_EXPECT_EQ(test, steps, 2);
+	KUNIT_EXPECT_EQ(test, direct_map_nr_removed_pages(), active);
 	KUNIT_EXPECT_EQ(test, ret, -ENOMEM);
 	/* Nothing removed: the first step was put back. */
 	dm_expect_readable(test, page, 2 * DM_PMD_NR, true);
@@ -325,15 +334,15 @@ static void direct_map_test_injected_failure(struct kunit *test)
 static void direct_map_test_active(struct kunit *test)
 {
 	struct page *page = alloc_page(GFP_KERNEL);
-	long before = atomic_long_read(&direct_map_nr_removed);
+	long before = direct_map_nr_removed_pages();
 
 	KUNIT_ASSERT_NOT_NULL(test, page);
 	KUNIT_ASSERT_EQ(test, direct_map_remove(page, 1), 0);
-	KUNIT_EXPECT_EQ(test, atomic_long_read(&direct_map_nr_removed),
+	KUNIT_EXPECT_EQ(test, direct_map_nr_removed_pages(),
 			before + 1);
 	KUNIT_EXPECT_TRUE(test, direct_map_removal_active());
 	direct_map_restore(page, 1);
-	KUNIT_EXPECT_EQ(test, atomic_long_read(&direct_map_nr_removed), before);
+	KUNIT_EXPECT_EQ(test, direct_map_nr_removed_pages(), before);
 	__free_page(page);
 }
 
@@ -445,3 +454,7 @@ static struct kunit_suite direct_map_test_suite = {
 };
 
 kunit_test_suite(direct_map_test_suite);
+
+MODULE_DESCRIPTION("KUnit tests for direct-map removal");
+MODULE_LICENSE("GPL");
+MODULE_IMPORT_NS("EXPORTED_FOR_KUNIT_TESTING");
