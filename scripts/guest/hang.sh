@@ -50,7 +50,7 @@ hang_report() {
 # Run "$@" for at most $1 seconds; after that, report where its tasks are,
 # kill them and return 124, as coreutils' timeout does.
 run_with_timeout() {
-	tmo=$1
+	local tmo=$1 start pid
 	shift
 	start=$(date +%s)
 	"$@" &

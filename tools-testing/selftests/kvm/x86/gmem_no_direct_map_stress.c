@@ -456,28 +456,12 @@ static unsigned long report_count(const char *path)
 #define WARN_COUNT	"/sys/kernel/warn_count"
 #define OOPS_COUNT	"/sys/kernel/oops_count"
 
-/* debug_locks of /proc/lockdep_stats: 0 once lockdep reported; -1 without it. */
-static int lockdep_on(void)
-{
-	FILE *f = fopen("/proc/lockdep_stats", "r");
-	char line[128];
-	int val = -1;
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, " debug_locks: %d", &val) == 1)
-			break;
-	fclose(f);
-	return val;
-}
-
 int main(int argc, char *argv[])
 {
 	unsigned long taint0 = kernel_taint();
 	unsigned long warns0 = report_count(WARN_COUNT);
 	unsigned long oopses0 = report_count(OOPS_COUNT);
-	int lockdep0 = lockdep_on();
+	int lockdep0 = lockdep_debug_locks();
 	char cache0[16] = "16";
 	int seconds = argc > 1 ? atoi(argv[1]) : 20;
 	bool plain = argc > 2 && !strcmp(argv[2], "plain"), series;
@@ -552,7 +536,7 @@ int main(int argc, char *argv[])
 	TEST_ASSERT(report_count(WARN_COUNT) == warns0 &&
 		    report_count(OOPS_COUNT) == oopses0,
 		    "the kernel warned or oopsed: see its log");
-	TEST_ASSERT(lockdep_on() == lockdep0, "lockdep reported: see the kernel log");
+	TEST_ASSERT(lockdep_debug_locks() == lockdep0, "lockdep reported: see the kernel log");
 	TEST_ASSERT_EQ(left, 0);
 	/* Without the flag nothing leaves the direct map. */
 	if (plain)

@@ -1034,22 +1034,6 @@ static u64 read_meminfo(const char *name)
 	return bytes;
 }
 
-/* lockdep's debug_locks: 1 while no report was made, -1 without lockdep. */
-static int lockdep_debug_locks(void)
-{
-	FILE *f = fopen("/proc/lockdep_stats", "r");
-	char line[128];
-	int val = -1;
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, " debug_locks: %d", &val) == 1)
-			break;
-	fclose(f);
-	return val;
-}
-
 /*
  * Whether kswapd gave up on a node: after MAX_RECLAIM_RETRIES runs without
  * progress it is not woken again until reclaim makes progress on a balanced
