@@ -18,16 +18,18 @@ import os
 import sys
 
 FIELDS = ['mode', 'mib', 'requests', 'l2_splits', 'l3_splits', 'l2_collapses',
-          'l3_collapses', 'flushes', 'secs', 'vs_plain', 'left', 'vm_splits']
+          'l3_collapses', 'flushes', 'secs', 'vs_plain', 'left', 'vm_flushes']
 MODES = ['plain', 'per-page', 'blocks', 'cached']
 COLOURS = {'plain': '#777777', 'per-page': '#d62728', 'blocks': '#1f77b4',
            'cached': '#2ca02c'}
 
 
 def typed(row):
-    """A row of FIELDS with its figures as numbers."""
+    """A row of FIELDS with its figures as numbers (a bench.csv written before
+    a column was added lacks it)."""
     for k in FIELDS[1:]:
-        row[k] = float(row[k]) if k in ('secs', 'vs_plain') else int(row[k])
+        if k in row:
+            row[k] = float(row[k]) if k in ('secs', 'vs_plain') else int(row[k])
     return row
 
 

@@ -26,7 +26,7 @@ spec.loader.exec_module(ktap_summary)
 
 FIGURE = re.compile(r'#\s*kp-figure:\s*(.*)$')
 NTH = re.compile(r'fail-nth (\S+) (\S+): (\d+) steps failed in turn: (\d+) calls failed with ENOMEM, '
-                 r'(\d+) failures absorbed \((\d+) answered -KVM_ENOMEM to the guest\); free pages ([+-]\d+)')
+                 r'(\d+) failures absorbed \((\d+) answered -(?:KVM_)?ENOMEM to the guest\); free pages ([+-]\d+)')
 BAD = re.compile(r'bad input: (\d+) rows')
 STRESS = re.compile(r'stress: (\d+) s, (\d+) vCPUs, (\d+) host threads: (\d+) conversions, (\d+) guest writes, '
                     r'(\d+) memory-fault exits, (\d+) punches, (\d+) fallocates \((\d+) ENOMEM\)')
@@ -77,7 +77,7 @@ def markdown(runs):
     for r in runs:
         n, s = r['nth'], r['stress']
         nth = ('%d paths x modes; %d steps failed in turn: %d calls failed with ENOMEM, '
-               '%d failures absorbed (%d answered -KVM_ENOMEM to the guest); free pages %+d..%+d'
+               '%d failures absorbed (%d answered -ENOMEM to the guest); free pages %+d..%+d'
                % (n['cases'], n['steps'], n['enomem'], n['absorbed'], n['guest'], n['free_min'],
                   n['free_max']) if n else 'not run')
         stress = ('%d run%s of %s s: %d conversions, %d guest writes, %d memory-fault exits, %d punches, '

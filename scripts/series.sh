@@ -63,11 +63,18 @@ PY
 	# shellcheck disable=SC2086
 	GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 \
 		git -C "$KP_LINUX" $KP_GIT_CONFIG diff --stat=72 kp-base kvm-protmem >"$dir/.diffstat" &&
+	# The Rust/C boundary, counted in the branch's files.
+	mkdir -p "$dir/.boundary" &&
+	for f in virt/kvm/protmem.rs include/linux/kvm_protmem.h rust/kernel/mm/direct_map.rs; do
+		git -C "$KP_LINUX" show "kvm-protmem:$f" >"$dir/.boundary/${f##*/}" ||
+			kp_die "cannot read $f of the branch"
+	done &&
 	python3 "$KP_TOP/scripts/cover-letter.py" "$KP_TOP/scripts/cover-letter.in" \
 		"$KP_TOP/results" "$(git -C "$KP_LINUX" rev-parse kp-base)" \
-		"$dir/.subjects" "$dir/.diffstat" "$KP_TREE/base.info" >"$dir/cover-letter.txt" ||
+		"$dir/.subjects" "$dir/.diffstat" "$KP_TREE/base.info" \
+		"$dir/.boundary" >"$dir/cover-letter.txt" ||
 		kp_die "cannot write the cover letter"
-	rm -f "$dir/.subjects" "$dir/.diffstat"
+	rm -rf "$dir/.subjects" "$dir/.diffstat" "$dir/.boundary"
 	git -C "$KP_LINUX" diff --name-only --diff-filter=A kp-base kvm-protmem | while read -r f; do
 		for m in $KP_MIRRORS; do
 			kprefix=${m%%:*}

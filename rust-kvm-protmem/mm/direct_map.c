@@ -17,7 +17,7 @@
  *
  * - Restoring cannot fail for a range that was removed with the same
  *   boundaries, and gives large mappings back where the architecture can
- *   collapse them (set_direct_map_restore_noflush()).
+ *   collapse them (set_direct_map_default_collapse()).
  *
  * The range is changed in steps that never cross a PMD boundary.  Within
  * one step the architecture allocates (splits) before it changes any entry,
@@ -138,7 +138,7 @@ static void __direct_map_restore(unsigned long pfn, unsigned long nr)
 		 * Cannot fail: these steps were removed with the same
 		 * boundaries, so any split they need has been done.
 		 */
-		WARN_ON_ONCE(set_direct_map_restore_noflush(pfn_to_page(pfn + done), n));
+		WARN_ON_ONCE(set_direct_map_default_collapse(pfn_to_page(pfn + done), n));
 	}
 }
 
@@ -172,7 +172,7 @@ static unsigned long direct_map_restore_step(unsigned long pfn,
 		 * Cannot fail: the step was removed with the same boundaries,
 		 * so any split it needs has been done.
 		 */
-		WARN_ON_ONCE(set_direct_map_restore_noflush(pfn_to_page(pfn), n));
+		WARN_ON_ONCE(set_direct_map_default_collapse(pfn_to_page(pfn), n));
 		return 0;
 	}
 
@@ -185,7 +185,7 @@ static unsigned long direct_map_restore_step(unsigned long pfn,
 		for (run = 1; i + run < n; run++)
 			if (PageHWPoison(pfn_to_page(pfn + i + run)))
 				break;
-		if (set_direct_map_restore_noflush(pfn_to_page(pfn + i), run)) {
+		if (set_direct_map_default_collapse(pfn_to_page(pfn + i), run)) {
 			pr_warn_ratelimited("direct_map: pfns %#lx-%#lx next to a poisoned page stay removed\n",
 					    pfn + i, pfn + i + run - 1);
 			left += run;

@@ -205,7 +205,7 @@ static bool dm_block_complete(struct dm_block *b)
 }
 
 /* After pages came back: put the block where it now belongs. */
-static bool dm_block_settle(struct dm_block *b)
+static bool dm_block_requeue(struct dm_block *b)
 {
 	lockdep_assert_held(&dm_pool.lock);
 
@@ -267,7 +267,7 @@ static void dm_pool_put(struct page *page, unsigned int order, bool poisoned,
 	b->nr_free += nr;
 	if (poisoned)
 		b->poisoned = true;
-	dm_block_settle(b);
+	dm_block_requeue(b);
 	/* The worker zeroes what came back, soon: secrets do not linger. */
 	kick = dirty || b->state == DM_BLOCK_WORK;
 	spin_unlock_irqrestore(&dm_pool.lock, flags);
@@ -347,7 +347,7 @@ void direct_map_free_unused(struct page *page, unsigned long nr)
 EXPORT_SYMBOL_FOR_MODULES(direct_map_free_unused, "kvm");
 
 /**
- * direct_map_pool_wait - Wait for the pool to settle the pages freed so far
+ * direct_map_pool_wait - Wait for the pool to process the pages freed so far
  *
  * Wait until the pool's worker has zeroed the pages freed before the call,
  * and kept or released the pageblocks that came back whole: then the pages
@@ -599,7 +599,7 @@ static void dm_pool_put_zeroed(struct dm_block *b, unsigned long *bits,
 			  pageblock_nr_pages);
 	b->nr_free += b->nr_zeroing;
 	b->nr_zeroing = 0;
-	dm_block_settle(b);
+	dm_block_requeue(b);
 }
 
 /*
@@ -797,7 +797,7 @@ static struct dm_block *dm_pool_claim_usable(int nid, bool *kick)
 			return b;
 		/* Complete, and poisoned or isolated: the worker's. */
 		b->poisoned |= poison;
-		*kick |= dm_block_settle(b);
+		*kick |= dm_block_requeue(b);
 	}
 	return NULL;
 }
@@ -852,7 +852,7 @@ static long dm_block_take_page(struct dm_block *b, bool *dirty, bool *kick)
 		b->state = DM_BLOCK_USED;
 	} else if (b->state == DM_BLOCK_USED) {
 		/* Claimed: its other pages are for anyone now. */
-		dm_block_settle(b);
+		dm_block_requeue(b);
 	}
 	return i;
 }
@@ -933,7 +933,7 @@ void direct_map_pool_publish(struct direct_map_batch *batch)
 		next = b->next_pending;
 		b->next_pending = NULL;
 		b->state = DM_BLOCK_USED;
-		kick |= dm_block_settle(b);
+		kick |= dm_block_requeue(b);
 		spin_unlock_irqrestore(&dm_pool.lock, flags);
 	}
 	batch->pool_pending = NULL;

@@ -77,7 +77,7 @@ static enum dm_block_state dm_pool_block_state(struct page *page)
 }
 
 /* Let the worker finish what the frees so far gave it. */
-static void dm_pool_settle(void)
+static void dm_pool_flush_work(void)
 {
 	dm_pool_kick();
 	flush_work(&dm_pool_work);
@@ -86,7 +86,7 @@ static void dm_pool_settle(void)
 static void dm_pool_restore_limit(void *old)
 {
 	WRITE_ONCE(dm_pool_max_free_blocks, (unsigned long)old);
-	dm_pool_settle();
+	dm_pool_flush_work();
 }
 
 /* Set the limit of free blocks kept until the test ends. */
@@ -227,7 +227,7 @@ static void direct_map_pool_test_free_path(struct kunit *test)
 	dm_pool_fill(test, page, 0x5a);
 	put_page(page);
 	kunit_release_action(test, dm_pool_enable_work, NULL);
-	dm_pool_settle();
+	dm_pool_flush_work();
 	KUNIT_EXPECT_TRUE(test, dm_pool_page_state(page, &dirty));
 	KUNIT_EXPECT_FALSE(test, dirty);
 	KUNIT_EXPECT_TRUE(test, dm_pool_zeroed(test, page));
@@ -256,7 +256,7 @@ static void direct_map_pool_test_block(struct kunit *test)
 
 	for (i = 0; i < pageblock_nr_pages; i++)
 		put_page(page + i);
-	dm_pool_settle();
+	dm_pool_flush_work();
 	KUNIT_EXPECT_EQ(test, dm_pool_block_state(page), DM_BLOCK_FREE);
 	KUNIT_EXPECT_FALSE(test, dm_pool_readable(page));
 
@@ -271,7 +271,7 @@ static void direct_map_pool_test_block(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, b.restored - a.restored, 0);
 	KUNIT_EXPECT_FALSE(test, dm_pool_readable(page));
 
-	dm_pool_settle();
+	dm_pool_flush_work();
 	dm_pool_read_counts(test, &b);
 	KUNIT_EXPECT_NULL(test, dm_pool_block_of(page));
 	KUNIT_EXPECT_GE(test, b.restored - a.restored, pageblock_nr_pages);
@@ -305,7 +305,7 @@ static void direct_map_pool_test_hwpoison(struct kunit *test)
 	dm_pool_read_counts(test, &a);
 	for (i = 0; i < pageblock_nr_pages; i++)
 		put_page(page + i);
-	dm_pool_settle();
+	dm_pool_flush_work();
 	dm_pool_read_counts(test, &b);
 
 	KUNIT_EXPECT_NULL(test, dm_pool_block_of(page));
@@ -330,7 +330,7 @@ static struct page *dm_pool_free_block(struct kunit *test)
 	unsigned long i;
 
 	dm_pool_set_limit(test, 0);
-	dm_pool_settle();
+	dm_pool_flush_work();
 	WRITE_ONCE(dm_pool_max_free_blocks, UINT_MAX);
 
 	direct_map_batch_init(&batch);
@@ -339,7 +339,7 @@ static struct page *dm_pool_free_block(struct kunit *test)
 	direct_map_batch_flush(&batch);
 	for (i = 0; i < pageblock_nr_pages; i++)
 		put_page(page + i);
-	dm_pool_settle();
+	dm_pool_flush_work();
 	if (dm_pool_block_state(page) != DM_BLOCK_FREE)
 		kunit_skip(test, "another user of the pool took the block");
 	return page;
@@ -402,7 +402,7 @@ static void direct_map_pool_test_isolated(struct kunit *test)
 			bool kick;
 
 			spin_lock_irq(&dm_pool.lock);
-			kick = dm_block_settle(blk);
+			kick = dm_block_requeue(blk);
 			spin_unlock_irq(&dm_pool.lock);
 			if (kick)
 				dm_pool_kick();
@@ -415,7 +415,7 @@ static void direct_map_pool_test_isolated(struct kunit *test)
 		undo_isolate_page_range(pfn, pfn + pageblock_nr_pages);
 	/* Back, first on its free list again. */
 	spin_lock_irq(&dm_pool.lock);
-	dm_block_settle(blk);
+	dm_block_requeue(blk);
 	if (blk->state == DM_BLOCK_FREE)
 		list_move(&blk->list, &dm_pool.free[nid]);
 	spin_unlock_irq(&dm_pool.lock);
@@ -435,7 +435,7 @@ static void direct_map_pool_test_isolated(struct kunit *test)
 	for (i = 0; i < pageblock_nr_pages; i++)
 		put_page(other + i);
 	kunit_release_action(test, dm_pool_enable_work, NULL);
-	dm_pool_settle();
+	dm_pool_flush_work();
 	dm_pool_read_counts(test, &b);
 
 	KUNIT_EXPECT_NULL(test, dm_pool_block_of(page));

@@ -35,7 +35,6 @@ void kvm_protmem_free_folio(void *owner);
 /* Implemented in virt/kvm/guest_memfd.c, for the Rust side. */
 bool kvm_gmem_has_folio(struct inode *inode, pgoff_t start, pgoff_t end);
 int kvm_gmem_node(struct inode *inode, pgoff_t index);
-bool kvm_gmem_populate_killed(void);
 unsigned long kvm_gmem_charge_pages(struct inode *inode, struct page *page,
 				    unsigned long nr, bool hard);
 int kvm_gmem_insert_folio(struct inode *inode, struct folio *folio,

@@ -21,18 +21,19 @@
 //!
 //! See `Documentation/virt/kvm/protected-memory.rst`.
 
-use core::ptr::NonNull;
+use core::{ops::Range, ptr::NonNull};
 use kernel::{
     alloc::KVVec,
     bindings,
     error::to_result,
-    mm::direct_map::{PoolBatch, PoolPages},
+    mm::direct_map::{PoolBatch, PoolPage},
     new_spinlock,
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
         Arc, ArcBorrow, SpinLock,
     },
+    task,
     types::ForeignOwnable,
 };
 
@@ -43,23 +44,27 @@ const BLOCK_PAGES: usize = 512;
 ///
 /// # Invariants
 ///
-/// `self.0` points to the generic VM stats of a VM that is alive.
+/// `self.0` points to the generic VM stats of a VM that stays alive as long as `self` exists:
+/// [`kvm_protmem_detach`] drops it before the VM can go.
 struct StatsPtr(NonNull<bindings::kvm_vm_stat_generic>);
 
 // SAFETY: The counters are updated with atomic operations from any thread.
 unsafe impl Send for StatsPtr {}
 
 impl StatsPtr {
-    /// Adds `delta` (wrapping) to the counter at `field`.
-    ///
-    /// # Safety
-    ///
-    /// `field` must point to one of the counters of a `StatsPtr` whose VM is alive for the
-    /// duration of the call.
-    unsafe fn add(field: *mut u64, delta: u64) {
-        // SAFETY: `field` is valid and aligned (a `u64` field of the stats) by the safety
-        // requirements; the component changes these counters only with atomic operations.
-        unsafe { Atomic::<u64>::from_ptr(field) }.add(delta, Relaxed);
+    /// `direct_map_pages`: the pages of the VM's guest_memfds that are off the direct map.
+    fn pages(&self) -> &Atomic<u64> {
+        // SAFETY: By the type invariant the stats outlive `self`; the field is a valid, aligned
+        // `u64`, and the component changes it only atomically. Known exception to "no data
+        // race": KVM's stats code reads every stat, and clears cumulative ones, with plain
+        // word-sized accesses, as it does for the C stats that are updated concurrently.
+        unsafe { Atomic::from_ptr(&raw mut (*self.0.as_ptr()).direct_map_pages) }
+    }
+
+    /// `direct_map_flushes`: the kernel TLB flushes issued for the VM's requests.
+    fn flushes(&self) -> &Atomic<u64> {
+        // SAFETY: As for `pages()`.
+        unsafe { Atomic::from_ptr(&raw mut (*self.0.as_ptr()).direct_map_flushes) }
     }
 }
 
@@ -75,35 +80,19 @@ struct Protmem {
 }
 
 impl Protmem {
-    /// Counts `nr` pages that entered the page cache, `reused` of them from pageblocks that the
-    /// pool had removed before the request, with `flushes` TLB flushes (0 or 1) that split
-    /// `splits` large mappings of the direct map.
-    fn added(&self, nr: usize, reused: usize, flushes: usize, splits: usize) {
-        let stats = self.stats.lock();
-        if let Some(s) = stats.as_ref() {
-            let p = s.0.as_ptr();
-            // SAFETY: By the type invariant of `StatsPtr` the VM is alive, and it stays alive
-            // while the lock is held: `kvm_protmem_detach()` takes the lock before the VM can go.
-            unsafe {
-                StatsPtr::add(&raw mut (*p).direct_map_pages, nr as u64);
-                StatsPtr::add(&raw mut (*p).direct_map_removals, nr as u64);
-                StatsPtr::add(&raw mut (*p).direct_map_reused, reused as u64);
-                StatsPtr::add(&raw mut (*p).direct_map_flushes, flushes as u64);
-                StatsPtr::add(&raw mut (*p).direct_map_splits, splits as u64);
-            }
+    /// Counts `nr` pages that entered the page cache, and the TLB flush (`flushed`) that took
+    /// the pageblocks the pool removed for them out of every CPU's TLB.
+    fn added(&self, nr: usize, flushed: bool) {
+        if let Some(s) = self.stats.lock().as_ref() {
+            s.pages().add(nr as u64, Relaxed);
+            s.flushes().add(u64::from(flushed), Relaxed);
         }
     }
 
     /// Counts a page that left the page cache, back to the pool.
     fn left(&self) {
-        let stats = self.stats.lock();
-        if let Some(s) = stats.as_ref() {
-            let p = s.0.as_ptr();
-            // SAFETY: As in `added()`.
-            unsafe {
-                StatsPtr::add(&raw mut (*p).direct_map_pages, 1u64.wrapping_neg());
-                StatsPtr::add(&raw mut (*p).direct_map_restores, 1);
-            }
+        if let Some(s) = self.stats.lock().as_ref() {
+            s.pages().fetch_sub(1u64, Relaxed);
         }
     }
 }
@@ -183,12 +172,12 @@ pub unsafe extern "C" fn kvm_protmem_put(pm: *mut bindings::kvm_protmem) {
 ///
 /// Returns 0, `-ENOMEM` (the memory cgroup refused a page, or no room for the request's
 /// bookkeeping), `-ENOSPC` (the pool had no page, or could not take one out of the direct map),
-/// `-EINTR`, `-EOPNOTSUPP` (no pool), or an error of the page cache.
+/// `-EINTR`, `-EOPNOTSUPP` (no pool), `-EINVAL` (no inode), or an error of the page cache.
 ///
 /// # Safety
 ///
-/// `pm` must be the state of `inode`, a live guest_memfd inode of `size` pages; the caller may
-/// sleep.
+/// `pm` must be the state of `inode`, a live guest_memfd inode of `size` pages whose
+/// `populate_lock` the caller holds; the caller may sleep.
 #[export]
 pub unsafe extern "C" fn kvm_protmem_populate(
     pm: *mut bindings::kvm_protmem,
@@ -202,21 +191,107 @@ pub unsafe extern "C" fn kvm_protmem_populate(
     // SAFETY: By the safety requirements `pm` came from `into_foreign()` and is owned by the
     // inode, which outlives this call.
     let pm = unsafe { <Arc<Protmem> as ForeignOwnable>::borrow(pm.cast()) };
-    // SAFETY: `inode` is a live guest_memfd inode of `size` pages by the safety requirements.
-    match unsafe { populate(pm, inode, start, end, size, blocks, interruptible) } {
+    let Some(inode) = NonNull::new(inode) else {
+        return EINVAL.to_errno();
+    };
+    // INVARIANT: By the safety requirements `inode` is live, of `size` pages, its state is `pm`,
+    // and its `populate_lock` is held for the duration of this call, longer than `pm` is
+    // borrowed.
+    let gmem = Gmem { inode, size, pm };
+    match populate(&gmem, start..end, blocks, interruptible) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
 }
 
-/// Returns whether `inode` has a page for any index in `start..end`.
+/// A guest_memfd inode created with `GUEST_MEMFD_FLAG_NO_DIRECT_MAP` and its state, during one
+/// request of [`kvm_protmem_populate`]: the only place where the component calls guest_memfd.c.
 ///
-/// # Safety
+/// # Invariants
 ///
-/// `inode` must be a live guest_memfd inode.
-unsafe fn has_page(inode: *mut bindings::inode, start: usize, end: usize) -> bool {
-    // SAFETY: `inode` is a live guest_memfd inode by the safety requirements.
-    unsafe { bindings::kvm_gmem_has_folio(inode, start, end) }
+/// `inode` is a live guest_memfd inode of `size` pages whose state is `pm`, and its
+/// `populate_lock` is held while `pm` is borrowed: nothing else adds a page to its page cache
+/// meanwhile.
+struct Gmem<'a> {
+    inode: NonNull<bindings::inode>,
+    size: usize,
+    pm: ArcBorrow<'a, Protmem>,
+}
+
+impl Gmem<'_> {
+    /// Returns whether the file has a page for any index in `range`.
+    fn has_page(&self, range: Range<usize>) -> bool {
+        // SAFETY: `self.inode` is a live guest_memfd inode by the type invariant.
+        unsafe { bindings::kvm_gmem_has_folio(self.inode.as_ptr(), range.start, range.end) }
+    }
+
+    /// Returns the node that an mbind() policy of the file names for `index`, if any.
+    fn node(&self, index: usize) -> Option<i32> {
+        // SAFETY: As in `has_page()`.
+        match unsafe { bindings::kvm_gmem_node(self.inode.as_ptr(), index) } {
+            bindings::NUMA_NO_NODE => None,
+            nid => Some(nid),
+        }
+    }
+
+    /// Charges the last allocation of `batch` to the memory cgroup that the file's page cache
+    /// charges: its pages `want` as the page cache charges them, then the others without trying
+    /// hard. Returns whether all of them were charged; if only `want` could be, the batch keeps
+    /// only those. Fails with `ENOMEM` if the cgroup refused one of `want`. Pages that are given
+    /// back unused are uncharged.
+    fn charge_last(&self, batch: &mut PoolBatch, want: Range<usize>) -> Result<bool> {
+        let (page, nr) = batch.take_last_to_charge().ok_or(EINVAL)?;
+        if want.start >= want.end || want.end > nr {
+            return Err(EINVAL);
+        }
+        let charge = |range: Range<usize>, hard: bool| {
+            let n = range.end - range.start;
+            if n == 0 {
+                return true;
+            }
+            // SAFETY: `self.inode` is a live guest_memfd inode; the pages are the pool's, in no
+            // page cache, reached by nobody else and not charged: `take_last_to_charge()` gives
+            // an allocation once, and each page of it is in one of the disjoint ranges below.
+            n == unsafe {
+                bindings::kvm_gmem_charge_pages(
+                    self.inode.as_ptr(),
+                    page.wrapping_add(range.start),
+                    n,
+                    hard,
+                )
+            }
+        };
+
+        if !charge(want.clone(), true) {
+            return Err(ENOMEM);
+        }
+        if charge(0..want.start, false) && charge(want.end..nr, false) {
+            return Ok(true);
+        }
+        batch.trim_last(want.start, want.end);
+        Ok(false)
+    }
+
+    /// Adds `page` to the file's page cache at `index`, up to date, with a reference to the
+    /// inode's state in its `private` for [`kvm_protmem_free_folio`]. The page cache takes its own
+    /// reference to the page. Fails with `EEXIST` if the index has a page already. The page is
+    /// expected to be charged ([`Gmem::charge_last`]); one that is not escapes the memory cgroup
+    /// (and `filemap_add_charged_folio()` warns).
+    fn insert(&self, page: PoolPage, index: usize) -> Result {
+        let owner = Arc::<Protmem>::from(self.pm).into_foreign();
+        // SAFETY: `self.inode` is a live guest_memfd inode whose `populate_lock` is held; the
+        // folio is an order-0 page of the pool, zeroed, off the direct map and flushed, and in no
+        // page cache (a `PoolPage` is its only owner); `owner` is a reference to the inode's
+        // state for the folio to keep in `private`.
+        let err = unsafe {
+            bindings::kvm_gmem_insert_folio(self.inode.as_ptr(), page.folio(), index, owner)
+        };
+        if err != 0 {
+            // SAFETY: The insertion failed, so the folio did not keep `owner`.
+            drop(unsafe { <Arc<Protmem> as ForeignOwnable>::from_foreign(owner) });
+        }
+        to_result(err)
+    }
 }
 
 /// What a request takes from the pool for one index, or one 2 MiB range, of the file.
@@ -231,40 +306,32 @@ struct Want {
     hi: usize,
 }
 
-/// Lists what `start..end` needs; see [`kvm_protmem_populate`].
-///
-/// # Safety
-///
-/// As for [`kvm_protmem_populate`].
-unsafe fn wants(
-    inode: *mut bindings::inode,
-    start: usize,
-    end: usize,
-    size: usize,
+/// Lists what `range` of the file needs; see [`kvm_protmem_populate`].
+fn wants(
+    gmem: &Gmem<'_>,
+    range: Range<usize>,
     blocks: bool,
     interruptible: bool,
 ) -> Result<KVVec<Want>> {
     let mut wants = KVVec::new();
-    let mut index = start;
+    let mut index = range.start;
 
-    while index < end {
+    while index < range.end {
         if interruptible && current!().signal_pending() {
             return Err(EINTR);
         }
-        // SAFETY: `inode` is a live guest_memfd inode.
-        if unsafe { has_page(inode, index, index + 1) } {
+        if gmem.has_page(index..index + 1) {
             index += 1;
             continue;
         }
         let base = index & !(BLOCK_PAGES - 1);
         // Not over a page this request already wants: it is not in the page cache yet. (A block
         // it wants ends at or before `base`.)
-        let whole = blocks
+        let block = blocks
             && base >= wants.last().map_or(0, |w: &Want| w.first + 1)
-            && base + BLOCK_PAGES <= size
-            // SAFETY: `inode` is a live guest_memfd inode.
-            && !unsafe { has_page(inode, base, base + BLOCK_PAGES) };
-        let (first, nr) = if whole {
+            && base + BLOCK_PAGES <= gmem.size
+            && !gmem.has_page(base..base + BLOCK_PAGES);
+        let (first, nr) = if block {
             (base, BLOCK_PAGES)
         } else {
             (index, 1)
@@ -272,9 +339,9 @@ unsafe fn wants(
         wants.push(
             Want {
                 first,
-                block: whole,
+                block,
                 lo: index,
-                hi: end.min(first + nr),
+                hi: range.end.min(first + nr),
             },
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -283,50 +350,11 @@ unsafe fn wants(
     Ok(wants)
 }
 
-/// Pages from the pool for the indices from `first` of the file.
-struct Got {
-    first: usize,
-    pages: PoolPages,
-}
-
-/// Charges the pages `from..to` of the last allocation of `batch` to the memory cgroup that the
-/// page cache of `inode` charges, as the page cache does if `hard`, else without trying hard, and
-/// returns whether it charged all of them. (If not, those it charged are uncharged when the
-/// allocation is given back.)
-///
-/// # Safety
-///
-/// `inode` must be a live guest_memfd inode; the pages `from..to` of the allocation are not
-/// charged yet.
-unsafe fn charge_last(
-    inode: *mut bindings::inode,
-    batch: &PoolBatch,
-    from: usize,
-    to: usize,
-    hard: bool,
-) -> bool {
-    let Some((page, nr)) = batch.last() else {
-        return false;
-    };
-    if from >= to {
-        return true;
-    }
-    if to > nr {
-        return false;
-    }
-
-    // SAFETY: `inode` is a live guest_memfd inode; the pages are the pool's, handed out through
-    // `batch` and reached by nobody else, in no page cache and, by the safety requirements, not
-    // charged yet.
-    let charged =
-        unsafe { bindings::kvm_gmem_charge_pages(inode, page.wrapping_add(from), to - from, hard) };
-    charged == to - from
-}
-
-/// Reschedules if needed, and fails with `EINTR` if the current task has a fatal signal.
+/// Reschedules if needed, and fails with `EINTR` if the current task has a fatal signal: an
+/// OOM-killed VMM must not go on taking memory.
 fn stop_if_killed() -> Result {
-    // SAFETY: Only reschedules, and reads the current task's signals.
-    if unsafe { bindings::kvm_gmem_populate_killed() } {
+    task::cond_resched();
+    if current!().fatal_signal_pending() {
         return Err(EINTR);
     }
     Ok(())
@@ -334,12 +362,8 @@ fn stop_if_killed() -> Result {
 
 /// Takes the pages of `wants` from the pool through `batch`, charging each allocation right
 /// after it, and records the first index of each in `firsts`.
-///
-/// # Safety
-///
-/// As for [`kvm_protmem_populate`].
-unsafe fn allocate(
-    inode: *mut bindings::inode,
+fn allocate(
+    gmem: &Gmem<'_>,
     wants: &[Want],
     batch: &mut PoolBatch,
     firsts: &mut KVVec<usize>,
@@ -347,35 +371,17 @@ unsafe fn allocate(
     let gfp = GFP_USER | __GFP_NOWARN;
 
     for w in wants {
-        // An OOM-killed VMM must not go on taking memory.
         stop_if_killed()?;
-        // SAFETY: `inode` is a live guest_memfd inode.
-        let nid = match unsafe { bindings::kvm_gmem_node(inode, w.first) } {
-            bindings::NUMA_NO_NODE => None,
-            nid => Some(nid),
-        };
+        let nid = gmem.node(w.first);
         // A block without trying hard: single pages may come from blocks the pool has.
         if w.block && batch.alloc_block(gfp | __GFP_NORETRY, nid).is_ok() {
-            let (lo, hi) = (w.lo - w.first, w.hi - w.first);
-
-            // The pages asked for first, as the page cache charges them; then the rest of the
-            // block, without trying hard. Without room for the rest, only the pages asked for
-            // are kept.
-            // SAFETY: `inode` is a live guest_memfd inode; nothing of the block is charged, and
-            // each range is charged once.
-            let whole = unsafe {
-                if !charge_last(inode, batch, lo, hi, true) {
-                    return Err(ENOMEM);
-                }
-                charge_last(inode, batch, 0, lo, false)
-                    && charge_last(inode, batch, hi, BLOCK_PAGES, false)
-            };
-            if whole {
-                firsts.push(w.first, GFP_KERNEL_ACCOUNT)?;
+            let want = w.lo - w.first..w.hi - w.first;
+            let first = if gmem.charge_last(batch, want)? {
+                w.first
             } else {
-                batch.trim_last(lo, hi);
-                firsts.push(w.lo, GFP_KERNEL_ACCOUNT)?;
-            }
+                w.lo
+            };
+            firsts.push(first, GFP_KERNEL_ACCOUNT)?;
             continue;
         }
         for i in w.lo..w.hi {
@@ -384,10 +390,7 @@ unsafe fn allocate(
             batch
                 .alloc_page(gfp, nid)
                 .map_err(|e| if e == ENOMEM { ENOSPC } else { e })?;
-            // SAFETY: `inode` is a live guest_memfd inode; the page is not charged.
-            if !unsafe { charge_last(inode, batch, 0, 1, true) } {
-                return Err(ENOMEM);
-            }
+            gmem.charge_last(batch, 0..1)?;
             firsts.push(i, GFP_KERNEL_ACCOUNT)?;
         }
     }
@@ -395,35 +398,20 @@ unsafe fn allocate(
 }
 
 /// See [`kvm_protmem_populate`].
-///
-/// # Safety
-///
-/// As for [`kvm_protmem_populate`].
-unsafe fn populate(
-    pm: ArcBorrow<'_, Protmem>,
-    inode: *mut bindings::inode,
-    start: usize,
-    end: usize,
-    size: usize,
-    blocks: bool,
-    interruptible: bool,
-) -> Result {
+fn populate(gmem: &Gmem<'_>, range: Range<usize>, blocks: bool, interruptible: bool) -> Result {
     let blocks = blocks && PoolBatch::block_pages() == BLOCK_PAGES;
-    // SAFETY: As for this function.
-    let wants = unsafe { wants(inode, start, end, size, blocks, interruptible) }?;
+    let wants = wants(gmem, range, blocks, interruptible)?;
     if wants.is_empty() {
         return Ok(());
     }
     let mut batch = PoolBatch::with_capacity(wants.len(), GFP_KERNEL_ACCOUNT)?;
     let mut firsts = KVVec::with_capacity(wants.len(), GFP_KERNEL_ACCOUNT)?;
-    // SAFETY: As for this function.
-    let allocated = unsafe { allocate(inode, &wants, &mut batch, &mut firsts) };
+    let allocated = allocate(gmem, &wants, &mut batch, &mut firsts);
 
     // One TLB flush for every pageblock removed above, before any page can be reached. It is
     // counted even if nothing gets in. On error every page goes back to the pool unused
     // (uncharged), after the flush.
-    let (removed, splits) = (batch.nr_removed(), batch.nr_splits());
-    let flushes = usize::from(removed > 0);
+    let flushes = batch.nr_removed() > 0;
     let flushed = match allocated {
         Ok(()) => batch.flush(GFP_KERNEL_ACCOUNT),
         Err(e) => {
@@ -431,49 +419,26 @@ unsafe fn populate(
             Err(e)
         }
     };
-    let flushed = flushed.inspect_err(|_| pm.added(0, 0, flushes, splits))?;
+    let flushed = flushed.inspect_err(|_| gmem.pm.added(0, flushes))?;
 
     let mut ret = Ok(());
     let mut added = 0;
-    let mut got = flushed
-        .into_iter()
-        .zip(firsts)
-        .map(|(pages, first)| Got { first, pages });
-    'insert: for g in &mut got {
-        for i in 0..g.pages.nr_pages() {
-            let owner = Arc::<Protmem>::from(pm).into_foreign();
-            // SAFETY: `inode` is a live guest_memfd inode; the folio is an order-0 page from the
-            // pool, zeroed, charged, off the direct map and flushed, and in no page cache;
-            // `owner` is a reference to the inode's state for the folio to keep in `private`.
-            let err = unsafe {
-                bindings::kvm_gmem_insert_folio(
-                    inode,
-                    bindings::page_folio(g.pages.page(i)),
-                    g.first + i,
-                    owner,
-                )
-            };
-            if err != 0 {
-                // SAFETY: The insertion failed, so the folio did not keep `owner`.
-                drop(unsafe { <Arc<Protmem> as ForeignOwnable>::from_foreign(owner) });
+    // Pages that are not added go back to the pool when dropped, which zeroes them again.
+    'insert: for (pages, first) in flushed.into_iter().zip(firsts) {
+        for (i, page) in pages.into_iter().enumerate() {
+            match gmem.insert(page, first + i) {
+                Ok(()) => added += 1,
                 // Only a page added other than by `kvm_protmem_populate` could be there, and
                 // nothing adds one: that page would do as well as this one.
-                if err != -(bindings::EEXIST as c_int) {
-                    ret = to_result(err);
+                Err(e) if e == EEXIST => {}
+                Err(e) => {
+                    ret = Err(e);
                     break 'insert;
                 }
-            } else {
-                added += 1;
             }
         }
-        // The page cache holds its own reference to each page it took; the others go back to
-        // the pool, which zeroes them again.
     }
-    // Reused: what the pool had removed before, i.e. all but as many as it removed for this
-    // request.
-    pm.added(added, added.saturating_sub(removed), flushes, splits);
-    // The allocations after a failed insertion: freed, back to the pool.
-    drop(got);
+    gmem.pm.added(added, flushes);
     ret
 }
 

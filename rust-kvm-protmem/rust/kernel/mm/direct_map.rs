@@ -364,9 +364,8 @@ impl PoolPages {
         self.nr
     }
 
-    /// Returns page `i`, which must be less than [`PoolPages::nr_pages`], e.g. to add it to a page
-    /// cache. The kernel must not read or write it through the direct map.
-    pub fn page(&self, i: usize) -> *mut bindings::page {
+    /// Returns page `i`, which must be less than [`PoolPages::nr_pages`].
+    fn page(&self, i: usize) -> *mut bindings::page {
         debug_assert!(i < self.nr);
         // The `struct page`s of physically contiguous pages of one pageblock are contiguous.
         self.first.as_ptr().wrapping_add(i)
@@ -399,16 +398,104 @@ impl Drop for PoolPages {
     }
 }
 
+impl IntoIterator for PoolPages {
+    type Item = PoolPage;
+    type IntoIter = PoolPagesIter;
+
+    fn into_iter(self) -> PoolPagesIter {
+        let this = ManuallyDrop::new(self);
+
+        // INVARIANT: The references of `this`, which is not dropped, go to the iterator.
+        PoolPagesIter {
+            first: this.first,
+            next: 0,
+            nr: this.nr,
+        }
+    }
+}
+
+/// The pages of a [`PoolPages`], one at a time.
+///
+/// # Invariants
+///
+/// `first` is the first of `nr` pages as in [`PoolPages`]; this value holds the pool's reference
+/// to each of the pages `next..nr`.
+pub struct PoolPagesIter {
+    first: NonNull<bindings::page>,
+    next: usize,
+    nr: usize,
+}
+
+// SAFETY: As for `PoolPages`.
+unsafe impl Send for PoolPagesIter {}
+
+impl Iterator for PoolPagesIter {
+    type Item = PoolPage;
+
+    fn next(&mut self) -> Option<PoolPage> {
+        if self.next >= self.nr {
+            return None;
+        }
+        // SAFETY: `next < nr`, and the `struct page`s of physically contiguous pages of one
+        // pageblock are contiguous.
+        let page = unsafe { self.first.add(self.next) };
+        self.next += 1;
+        // INVARIANT: The reference to the page goes from the iterator to the `PoolPage`.
+        Some(PoolPage { page })
+    }
+}
+
+impl Drop for PoolPagesIter {
+    fn drop(&mut self) {
+        for _ in self.by_ref() {}
+    }
+}
+
+/// One page from mm's direct-map pool, as [`PoolPages`] has them: out of the direct map, zeroed,
+/// its removal flushed from every TLB. Dropping it frees it, back to the pool.
+///
+/// # Invariants
+///
+/// `page` is an order-0 page that the pool handed out through a batch that was flushed since;
+/// this value holds the reference to it that the pool gave.
+pub struct PoolPage {
+    page: NonNull<bindings::page>,
+}
+
+// SAFETY: As for `PoolPages`.
+unsafe impl Send for PoolPage {}
+
+// SAFETY: As for `PoolPages`.
+unsafe impl Sync for PoolPage {}
+
+impl PoolPage {
+    /// Returns the page's folio, e.g. to add it to a page cache, which takes its own reference.
+    /// The kernel must not read or write it through the direct map.
+    pub fn folio(&self) -> *mut bindings::folio {
+        // SAFETY: By the type invariant `self.page` is a page this value holds a reference to.
+        unsafe { bindings::page_folio(self.page.as_ptr()) }
+    }
+}
+
+impl Drop for PoolPage {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant this value holds a reference to the page; dropping it
+        // frees the page to the pool, which knows it is out of the direct map.
+        unsafe { bindings::put_page(self.page.as_ptr()) };
+    }
+}
+
 /// Pages that the pool handed out through a [`PoolBatch`] that is not flushed yet.
 ///
 /// # Invariants
 ///
 /// As for [`PoolPages`] (the pages are an allocation of the batch, or part of one), but the batch
 /// they came through may not be flushed yet; nobody reached them but a charge through
-/// [`PoolBatch::last`].
+/// [`PoolBatch::take_last_to_charge`], which set `taken_to_charge`.
 struct Pending {
     first: NonNull<bindings::page>,
     nr: usize,
+    taken_to_charge: bool,
 }
 
 impl Pending {
@@ -513,7 +600,11 @@ impl PoolBatch {
         let nr = if block { Self::block_pages() } else { 1 };
         // INVARIANT: The pool handed out `nr` pages from `first`, with a reference to each,
         // through `self.raw`.
-        if let Err(e) = self.pages.push_within_capacity(Pending { first, nr }) {
+        if let Err(e) = self.pages.push_within_capacity(Pending {
+            first,
+            nr,
+            taken_to_charge: false,
+        }) {
             // Cannot happen: there is room for one more. Given back after the flush.
             let _ = self.unused.push_within_capacity(e.0);
             return Err(ENOMEM);
@@ -543,11 +634,17 @@ impl PoolBatch {
         self.alloc(flags, nid, true)
     }
 
-    /// Returns the first page and the number of pages of the last allocation, if any, e.g. to
-    /// charge them to a memory cgroup (with `filemap_charge_folio()`) before the batch is flushed.
-    /// Nothing else may reach them before the flush.
-    pub fn last(&self) -> Option<(*mut bindings::page, usize)> {
-        self.pages.last().map(|p| (p.first.as_ptr(), p.nr))
+    /// Returns the first page and the number of pages of the last allocation, only the first
+    /// time it is called for that allocation, for the caller to charge each of them at most once
+    /// to a memory cgroup (with `filemap_charge_folio()`) before the batch is flushed. Nothing
+    /// else may reach them. Pages given back unused are uncharged.
+    pub fn take_last_to_charge(&mut self) -> Option<(*mut bindings::page, usize)> {
+        let last = self.pages.last_mut()?;
+        if last.taken_to_charge {
+            return None;
+        }
+        last.taken_to_charge = true;
+        Some((last.first.as_ptr(), last.nr))
     }
 
     /// Gives the last allocation back, unused: to the pool once the batch is flushed.
@@ -571,13 +668,14 @@ impl PoolBatch {
         if start >= end || end > last.nr {
             return;
         }
-        let (first, nr) = (last.first, last.nr);
+        let (first, nr, taken_to_charge) = (last.first, last.nr, last.taken_to_charge);
         // INVARIANT: A piece is part of an allocation of the batch.
         let piece = |i: usize, n: usize| Pending {
             // SAFETY: `i < nr`, and the `struct page`s of the `nr` physically contiguous pages of
             // one pageblock are contiguous, so the result is in bounds of them.
             first: unsafe { first.add(i) },
             nr: n,
+            taken_to_charge,
         };
 
         *last = piece(start, end - start);
@@ -651,15 +749,15 @@ mod tests {
     use super::*;
     use crate::prelude::*;
 
-    /// A page that the test keeps allocated, lent to a [`Removed`] so that the test can look at
-    /// it after the [`Removed`] is gone.
-    struct Lent(*mut bindings::page);
+    /// A page of the test's, which a [`Removed`] borrows: the test can look at the page after
+    /// the [`Removed`] is gone.
+    struct BorrowedPage(*mut bindings::page);
 
-    // SAFETY: A `Lent` borrows the reference of the test's `Page` instead of holding one: the
-    // tests keep that `Page` for longer than any `Lent` of it, and neither free the page nor change
-    // its direct mapping while it is lent. Dropping a `Lent` touches nothing, and the test pages
-    // have no hardware poison.
-    unsafe impl DirectMapPages for Lent {
+    // SAFETY: A `BorrowedPage` borrows the reference of the test's `Page` instead of holding one:
+    // the tests keep that `Page` for longer than any `BorrowedPage` of it, and neither free the
+    // page nor change its direct mapping meanwhile. Dropping a `BorrowedPage` touches nothing,
+    // and the test pages have no hardware poison.
+    unsafe impl DirectMapPages for BorrowedPage {
         fn first_page(&self) -> *mut bindings::page {
             self.0
         }
@@ -689,10 +787,10 @@ mod tests {
         let page = Page::alloc_page(GFP_KERNEL)?;
 
         assert!(readable(&page));
-        let removed = Removed::new(Lent(page.as_ptr()))?;
+        let removed = Removed::new(BorrowedPage(page.as_ptr()))?;
         assert!(!readable(&page));
-        let lent = removed.restore().ok_or(EIO)?;
-        assert_eq!(lent.0, page.as_ptr());
+        let borrowed = removed.restore().ok_or(EIO)?;
+        assert_eq!(borrowed.0, page.as_ptr());
         assert!(readable(&page));
         Ok(())
     }
@@ -701,7 +799,7 @@ mod tests {
     fn drop_maps_again() -> Result {
         let page = Page::alloc_page(GFP_KERNEL)?;
 
-        let removed = Removed::new(Lent(page.as_ptr()))?;
+        let removed = Removed::new(BorrowedPage(page.as_ptr()))?;
         assert!(!readable(&page));
         drop(removed);
         assert!(readable(&page));
@@ -714,8 +812,8 @@ mod tests {
         let b = Page::alloc_page(GFP_KERNEL)?;
         let mut batch = Batch::new();
 
-        batch.remove(Lent(a.as_ptr()), GFP_KERNEL)?;
-        batch.remove(Lent(b.as_ptr()), GFP_KERNEL)?;
+        batch.remove(BorrowedPage(a.as_ptr()), GFP_KERNEL)?;
+        batch.remove(BorrowedPage(b.as_ptr()), GFP_KERNEL)?;
         assert_eq!(batch.nr_pages(), 2);
         let removed = batch.flush();
         assert_eq!(removed.len(), 2);
@@ -732,7 +830,7 @@ mod tests {
         let page = Page::alloc_page(GFP_KERNEL)?;
         let mut batch = Batch::with_capacity(1, GFP_KERNEL)?;
 
-        batch.remove(Lent(page.as_ptr()), GFP_KERNEL)?;
+        batch.remove(BorrowedPage(page.as_ptr()), GFP_KERNEL)?;
         assert!(!readable(&page));
         drop(batch);
         assert!(readable(&page));
@@ -748,8 +846,8 @@ mod tests {
         // SAFETY: `secret` is valid for reads of its length, which is within the page; nothing
         // else uses the page.
         unsafe { page.write_raw(secret.as_ptr(), 0, secret.len())? };
-        let mut removed = Removed::new(Lent(page.as_ptr()))?;
-        let mut batch = Batch::<Lent>::new();
+        let mut removed = Removed::new(BorrowedPage(page.as_ptr()))?;
+        let mut batch = Batch::<BorrowedPage>::new();
         batch.zero(&mut removed)?;
         batch.flush();
         assert!(!readable(&page));

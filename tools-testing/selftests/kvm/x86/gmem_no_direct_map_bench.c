@@ -5,9 +5,9 @@
  * boot:
  *
  *   plain     guest_memfd without the flag (nothing is removed);
- *   per-page  the flag, with kvm.gmem_no_direct_map_blocks=N (each page is
- *             taken on its own from mm's direct-map pool, which removes
- *             whole pageblocks for them);
+ *   per-page  the flag, with debugfs's kvm/gmem_no_direct_map_blocks=N
+ *             (each page is taken on its own from mm's direct-map pool,
+ *             which removes whole pageblocks for them);
  *   blocks    the flag, with 2 MiB blocks (the default), and the pool
  *             keeping no free block (direct_map_pool.max_free_blocks=0):
  *             every block is allocated and removed, and mapped again at
@@ -49,7 +49,7 @@
 #include "test_util.h"
 #include "ucall_common.h"
 
-#define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
+#define BLOCKS_PARAM	"/sys/kernel/debug/kvm/gmem_no_direct_map_blocks"
 #define CACHE_PARAM	"/sys/module/direct_map_pool/parameters/max_free_blocks"
 
 enum mode { PLAIN, PER_PAGE, BLOCKS, CACHED, NR_MODES };
@@ -109,7 +109,7 @@ static double now(void)
 struct result {
 	double secs;
 	u64 requests, flushes, l2_splits, l3_splits, l2_coll, l3_coll;
-	u64 removed, left, vm_splits;
+	u64 removed, left, vm_flushes;
 };
 
 static void run(enum mode mode, u64 size, struct result *r)
@@ -144,7 +144,7 @@ static void run(enum mode mode, u64 size, struct result *r)
 	r->secs = now() - t0;
 	read_counters(&b);
 	r->requests = size / SZ_2M;
-	r->vm_splits = flags ? vm_get_stat(vm, direct_map_splits) : 0;
+	r->vm_flushes = flags ? vm_get_stat(vm, direct_map_flushes) : 0;
 
 	TEST_ASSERT(!fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
 			       0, size), "punch");
@@ -305,7 +305,7 @@ int main(int argc, char *argv[])
 	TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SW_PROTECTED_VM));
 	TEST_REQUIRE(kvm_check_cap(KVM_CAP_GUEST_MEMFD_FLAGS) &
 		     GUEST_MEMFD_FLAG_NO_DIRECT_MAP);
-	TEST_REQUIRE(!access(BLOCKS_PARAM, W_OK) && !access(CACHE_PARAM, W_OK));
+	TEST_REQUIRE(can_write(BLOCKS_PARAM) && can_write(CACHE_PARAM));
 
 	printf("%-9s %7s %9s %9s %9s %11s %9s %8s %6s\n", "mode", "MiB",
 	       "l2spl/GiB", "l3spl/GiB", "collapsed", "flush/req", "MiB/s",
@@ -331,7 +331,7 @@ int main(int argc, char *argv[])
 			       mode_name[m], sizes[i] / SZ_1M, r->requests,
 			       r->l2_splits, r->l3_splits, r->l2_coll, r->l3_coll,
 			       r->flushes, r->secs, res[PLAIN].secs / r->secs,
-			       r->left, r->vm_splits);
+			       r->left, r->vm_flushes);
 			if (r->left) {
 				printf("# %s: %lu pages left out of the direct map\n",
 				       mode_name[m], r->left);

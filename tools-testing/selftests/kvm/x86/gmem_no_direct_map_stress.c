@@ -61,6 +61,8 @@
 #define NR_RANGES		(DATA_SIZE / SZ_2M)
 #define CACHE_PARAM		"/sys/module/direct_map_pool/parameters/max_free_blocks"
 #define MAP_GPA_PRIVATE		BIT_ULL(4)	/* KVM_MAP_GPA_RANGE_ENCRYPTED */
+/* What this VMM answers the guest for ENOMEM: the two agree. */
+#define HC_ENOMEM		ENOMEM
 /* Free pages the run may end with fewer of: what KVM or the harness keep. */
 #define FREE_SLACK		256
 /* How long each thread may take to finish once told to stop. */
@@ -91,7 +93,7 @@ static void guest_code(u64 id)
 		gpa = DATA_GPA + next_rand(&x) % NR_RANGES * SZ_2M;
 		ret = __kvm_hypercall_map_gpa_range(gpa, SZ_2M,
 						    next_rand(&x) & 1 ? MAP_GPA_PRIVATE : 0);
-		__GUEST_ASSERT(!ret || ret == -KVM_ENOMEM, "MAP_GPA_RANGE: %ld", ret);
+		__GUEST_ASSERT(!ret || ret == -HC_ENOMEM, "MAP_GPA_RANGE: %ld", ret);
 		for (i = 0; i < 8; i++)
 			WRITE_ONCE(*(u64 *)(gpa + next_rand(&x) % SZ_2M / 8 * 8), x);
 		GUEST_SYNC(0);
@@ -171,7 +173,7 @@ static u64 map_gpa_range(u64 gpa, u64 npages, u64 attrs)
 		if (fallocate(gmem, FALLOC_FL_KEEP_SIZE, off, size)) {
 			TEST_ASSERT(errno == ENOMEM || READ_ONCE(closing),
 				    "fallocate: %s", strerror(errno));
-			return errno == ENOMEM ? -KVM_ENOMEM : 0;
+			return errno == ENOMEM ? -HC_ENOMEM : 0;
 		}
 		r = set_attributes(gpa, size, KVM_MEMORY_ATTRIBUTE_PRIVATE);
 	} else {

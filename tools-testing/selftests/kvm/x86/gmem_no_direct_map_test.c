@@ -24,9 +24,9 @@
  * without them.  The tests
  * of the "mode" fixture run twice: with a whole 2 MiB block of mm's
  * direct-map pool for each 2 MiB range (the default) and page by page
- * (kvm.gmem_no_direct_map_blocks=N), both with the pool keeping no free
- * block (direct_map_pool.max_free_blocks=0), which the block_cache tests
- * turn on.
+ * (debugfs's kvm/gmem_no_direct_map_blocks=N), both with the pool keeping
+ * no free block (direct_map_pool.max_free_blocks=0), which the block_cache
+ * tests turn on.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -71,7 +71,7 @@
 #define FAIL_DIR	"/sys/kernel/debug/fail_direct_map/"
 #define FAIL_PAGE_DIR	"/sys/kernel/debug/fail_page_alloc/"
 #define FAIL_SLAB_DIR	"/sys/kernel/debug/failslab/"
-#define BLOCKS_PARAM	"/sys/module/kvm/parameters/gmem_no_direct_map_blocks"
+#define BLOCKS_PARAM	"/sys/kernel/debug/kvm/gmem_no_direct_map_blocks"
 #define CACHE_PARAM	"/sys/module/direct_map_pool/parameters/max_free_blocks"
 #define BLOCK_PAGES	(SZ_2M / PAGE_SIZE)
 #define CG_ROOT		"/sys/fs/cgroup"
@@ -189,11 +189,25 @@ FIXTURE_VARIANT_ADD(mode, per_page) {
 	.blocks = false,
 };
 
+/*
+ * Whole 2 MiB blocks for empty 2 MiB ranges (KVM's default) or single pages,
+ * through KVM's debugfs knob; false if that mode cannot be had (no debugfs:
+ * blocks, the default, can).
+ */
+static bool use_blocks(bool on)
+{
+	if (!can_write(BLOCKS_PARAM))
+		return on;
+	write_file(BLOCKS_PARAM, on ? "Y" : "N");
+	return true;
+}
+
 FIXTURE_SETUP(mode)
 {
-	if (access(BLOCKS_PARAM, W_OK) || access(CACHE_PARAM, W_OK))
-		SKIP(return, "no %s or %s", BLOCKS_PARAM, CACHE_PARAM);
-	write_file(BLOCKS_PARAM, variant->blocks ? "Y" : "N");
+	if (access(CACHE_PARAM, W_OK))
+		SKIP(return, "no %s", CACHE_PARAM);
+	if (!use_blocks(variant->blocks))
+		SKIP(return, "no %s (debugfs)", BLOCKS_PARAM);
 	self->cache = block_cache(0);
 }
 
@@ -205,8 +219,7 @@ FIXTURE_TEARDOWN_PARENT(mode)
 	/* The only fault point these tests arm. */
 	if (can_inject())
 		inject_off();
-	if (!access(BLOCKS_PARAM, W_OK))
-		write_file(BLOCKS_PARAM, "Y");
+	use_blocks(true);
 	if (!access(CACHE_PARAM, W_OK))
 		block_cache(self->cache);
 }
@@ -219,7 +232,7 @@ static u64 fault_pages(bool blocks)
 
 static bool can_inject(void)
 {
-	return !access(FAIL_DIR "times", W_OK);
+	return can_write(FAIL_DIR "times");
 }
 
 /*
@@ -258,7 +271,7 @@ static void fault_attr_off(const char *dir)
 	char path[PATH_MAX];
 
 	snprintf(path, sizeof(path), "%stimes", dir);
-	if (access(path, W_OK))
+	if (!can_write(path))
 		return;
 	write_file(path, "0");
 	snprintf(path, sizeof(path), "%sprobability", dir);
@@ -280,12 +293,12 @@ static void disarm_fault_injection(void)
 	fault_attr_off(FAIL_PAGE_DIR);
 	fault_attr_off(FAIL_SLAB_DIR);
 	/* fail_page_alloc's and failslab's defaults. */
-	if (!access(FAIL_PAGE_DIR "min-order", W_OK)) {
+	if (can_write(FAIL_PAGE_DIR "min-order")) {
 		write_file(FAIL_PAGE_DIR "min-order", "1");
 		write_file(FAIL_PAGE_DIR "ignore-gfp-wait", "Y");
 		write_file(FAIL_PAGE_DIR "ignore-gfp-highmem", "Y");
 	}
-	if (!access(FAIL_SLAB_DIR "ignore-gfp-wait", W_OK))
+	if (can_write(FAIL_SLAB_DIR "ignore-gfp-wait"))
 		write_file(FAIL_SLAB_DIR "ignore-gfp-wait", "Y");
 }
 
@@ -600,27 +613,23 @@ TEST_F(mode, stats_follow_the_page_cache)
 
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_removals), DATA_PAGES);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
 	ASSERT_EQ(get_vmstat("direct_map_removed") - removed0, DATA_PAGES);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_splits), splits() - splits0);
 	if (variant->blocks)
 		ASSERT_EQ(get_vmstat("direct_map_level2_splits"), l2_splits0);
 	TH_LOG("%s: %lu splits (level 2: %lu) for %lu pages",
-	       variant->blocks ? "blocks" : "per page",
-	       vm_get_stat(vm, direct_map_splits),
+	       variant->blocks ? "blocks" : "per page", splits() - splits0,
 	       get_vmstat("direct_map_level2_splits") - l2_splits0,
 	       (u64)DATA_PAGES);
 
 	/* Already there: nothing to do. */
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_removals), DATA_PAGES);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
 
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
 			    0, DATA_SIZE / 2), 0);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES / 2);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_restores), DATA_PAGES / 2);
 
 	/* One page out of the second half. */
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
@@ -631,7 +640,6 @@ TEST_F(mode, stats_follow_the_page_cache)
 	vm_mem_region_delete(vm, DATA_SLOT);
 	close(gmem);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_restores), DATA_PAGES);
 	kvm_vm_free(vm);
 
 	ASSERT_EQ(get_vmstat("direct_map_removed") - removed0, DATA_PAGES);
@@ -663,8 +671,6 @@ TEST_F(mode, fallocate_enomem)
 		ASSERT_EQ(errno, ENOMEM);
 		inject_off();
 		ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
-		ASSERT_EQ(vm_get_stat(vm, direct_map_removals),
-			  vm_get_stat(vm, direct_map_restores));
 	}
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES);
@@ -687,7 +693,7 @@ FIXTURE(page_alloc_fails) {
 
 FIXTURE_SETUP(page_alloc_fails)
 {
-	if (access(FAIL_PAGE_DIR "times", W_OK) || access(BLOCKS_PARAM, W_OK) ||
+	if (!can_write(FAIL_PAGE_DIR "times") || !can_write(BLOCKS_PARAM) ||
 	    access(CACHE_PARAM, W_OK))
 		SKIP(return, "no " FAIL_PAGE_DIR " (CONFIG_FAIL_PAGE_ALLOC) or " BLOCKS_PARAM);
 	/* A free block of the pool would be used instead of a new one. */
@@ -761,9 +767,9 @@ FIXTURE(block_cache) {
 
 FIXTURE_SETUP(block_cache)
 {
-	if (access(CACHE_PARAM, W_OK) || access(BLOCKS_PARAM, W_OK))
-		SKIP(return, "no " CACHE_PARAM " or " BLOCKS_PARAM);
-	write_file(BLOCKS_PARAM, "Y");
+	if (access(CACHE_PARAM, W_OK))
+		SKIP(return, "no " CACHE_PARAM);
+	use_blocks(true);
 	self->cache = block_cache(0);
 	self->removed0 = get_vmstat("direct_map_removed");
 	self->restored0 = get_vmstat("direct_map_restored");
@@ -798,7 +804,7 @@ FIXTURE_TEARDOWN_PARENT(block_cache)
  */
 TEST_F(block_cache, reuses_blocks)
 {
-	u64 removed0 = self->removed0, restored0 = self->restored0;
+	u64 restored0 = self->restored0;
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	int gmem;
@@ -809,22 +815,21 @@ TEST_F(block_cache, reuses_blocks)
 			  GUEST_MEMFD_FLAG_NO_DIRECT_MAP, &gmem);
 	vm_mem_set_private(vm, DATA_GPA, DATA_SIZE);
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_removals), DATA_PAGES);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES);
+	/* Removed for this request: the pool kept no free block. */
+	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
 	run_until(vcpu, UCALL_SYNC);
 
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
 			    0, DATA_SIZE), 0);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_restores), DATA_PAGES);
 	/* Kept off the direct map. */
 	ASSERT_EQ(get_vmstat("direct_map_restored") - restored0, 0);
 
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), DATA_PAGES);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), DATA_PAGES);
+	/* Reused: nothing removed, no second flush. */
 	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), 1);
-	ASSERT_EQ(get_vmstat("direct_map_removed") - removed0, DATA_PAGES);
 	run_until(vcpu, UCALL_DONE);
 
 	close(gmem);
@@ -952,12 +957,13 @@ TEST_F_TIMEOUT(block_cache, populate_race, 120)
 			ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE |
 					    FALLOC_FL_PUNCH_HOLE, 0, SZ_2M), 0);
 		}
-		removals = vm_get_stat(vm, direct_map_removals);
+		/* Nothing leaves the file between the barriers. */
+		removals = vm_get_stat(vm, direct_map_pages);
 		flushes = vm_get_stat(vm, direct_map_flushes);
 		pthread_barrier_wait(&go);
 		/* The racers add their pages. */
 		pthread_barrier_wait(&go);
-		removals = vm_get_stat(vm, direct_map_removals) - removals;
+		removals = vm_get_stat(vm, direct_map_pages) - removals;
 		flushes = vm_get_stat(vm, direct_map_flushes) - flushes;
 		/*
 		 * A request that lost the race but removed a block of its own
@@ -1278,6 +1284,7 @@ TEST_F(block_cache, memcg_charges_the_vm)
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	s64 c0, c;
+	u64 flushes;
 	int gmem;
 
 	pin_to_one_cpu();
@@ -1299,8 +1306,10 @@ TEST_F(block_cache, memcg_charges_the_vm)
 			    0, DATA_SIZE), 0);
 	ASSERT_LT(memory_current() - c0, SZ_1M);
 
+	/* From the pool's free blocks: nothing removed, no flush. */
+	flushes = vm_get_stat(vm, direct_map_flushes);
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, DATA_SIZE), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), DATA_PAGES);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), flushes);
 	ASSERT_GE(memory_current() - c0, DATA_SIZE - MEMCG_CHARGE_SLACK);
 
 	close(gmem);
@@ -1367,13 +1376,12 @@ static int fallocate_in_cgroup(int gmem, u64 offset, u64 len)
 static void refused_for_free(struct __test_metadata *_metadata,
 			     struct kvm_vm *vm, int gmem, u64 offset)
 {
-	u64 removed = get_vmstat("direct_map_removed");
 	u64 flushes = vm_get_stat(vm, direct_map_flushes);
 	u64 pages = vm_get_stat(vm, direct_map_pages);
 	int r = fallocate_in_cgroup(gmem, offset, SZ_2M);
 
 	EXPECT_TRUE(r == ENOMEM || r == -SIGKILL) TH_LOG("child: %d", r);
-	EXPECT_EQ(get_vmstat("direct_map_removed") - removed, 0);
+	/* Nothing removed for it: the VM's own count, not the host's. */
 	EXPECT_EQ(vm_get_stat(vm, direct_map_flushes) - flushes, 0);
 	EXPECT_EQ(vm_get_stat(vm, direct_map_pages), pages);
 }
@@ -1389,7 +1397,7 @@ static void refused_for_free(struct __test_metadata *_metadata,
  */
 TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
 {
-	u64 restores0, removed, restored0, restored, flushes;
+	u64 removed, restored0, restored, flushes;
 	struct kvm_vcpu *vcpu;
 	long max_events;
 	struct kvm_vm *vm;
@@ -1411,7 +1419,6 @@ TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
 			    0, SZ_2M), 0);
 	if (get_vmstat("direct_map_restored") != restored0)
 		SKIP(goto out, "no 2 MiB block could be had");
-	restores0 = vm_get_stat(vm, direct_map_restores);
 
 	if (!make_test_cgroup())
 		SKIP(goto out, "no cgroup2 memory controller at " CG_ROOT);
@@ -1422,8 +1429,10 @@ TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
 	for (i = 0; i < 4; i++)
 		refused_for_free(_metadata, vm, gmem, 0);
 	write_file(CG_TEST "/memory.max", "max");
+	flushes = vm_get_stat(vm, direct_map_flushes);
 	ASSERT_EQ(fallocate_in_cgroup(gmem, 0, SZ_2M), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), BLOCK_PAGES);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), flushes);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), BLOCK_PAGES);
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
 			    0, SZ_2M), 0);
 
@@ -1454,7 +1463,6 @@ TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
 
 	/* Nothing got in; what left the file was counted once. */
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_restores), restores0 + BLOCK_PAGES);
 
 out:
 	close(gmem);
@@ -1595,7 +1603,7 @@ static const char *poison(u64 pfn)
  */
 TEST_F_TIMEOUT(block_cache, hwpoison, 120)
 {
-	u64 pfns[BLOCK_PAGES], pfn, restored0, restored;
+	u64 pfns[BLOCK_PAGES], pfn, flushes, restored0, restored;
 	const char *plain_result, *result, *opt_in;
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
@@ -1604,7 +1612,7 @@ TEST_F_TIMEOUT(block_cache, hwpoison, 120)
 	opt_in = getenv(HWPOISON_OPT_IN);
 	if (!opt_in || strcmp(opt_in, "1"))
 		SKIP(return, "poisons host pages for good: set " HWPOISON_OPT_IN "=1");
-	if (access(HWPOISON_PFN, W_OK) || access("/proc/kpagecgroup", R_OK) ||
+	if (!can_write(HWPOISON_PFN) || access("/proc/kpagecgroup", R_OK) ||
 	    mf_count("total") < 0)
 		SKIP(return, "no %s, kpagecgroup or memory_failure counters",
 		     HWPOISON_PFN);
@@ -1648,8 +1656,9 @@ TEST_F_TIMEOUT(block_cache, hwpoison, 120)
 	ASSERT_TRUE(page_poisoned(pfn));
 
 	/* Not reused: the next 2 MiB is a new block, without the poison. */
+	flushes = vm_get_stat(vm, direct_map_flushes);
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE, 0, SZ_2M), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_reused), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes) - flushes, 1);
 out:
 	close(plain);
 	close(gmem);
@@ -1982,6 +1991,8 @@ TEST_F_TIMEOUT(block_cache, hotplugged_memory, 300)
 		SKIP(return, "no 2M or no 1G pages in the direct map");
 	if (!find_hotplug_range(&h))
 		SKIP(return, "needs 1 GiB of offline memory devices alone on a node (8 pc-dimms)");
+	if (!can_write(BLOCKS_PARAM))
+		SKIP(return, "no " BLOCKS_PARAM " (debugfs)");
 	if (!make_test_cgroup())
 		SKIP(return, "no cgroup2 at " CG_ROOT);
 
@@ -2048,17 +2059,18 @@ static void guest_touch(void)
 }
 
 /*
- * Whether the VM's memory all came from free pages of the pool, with no
- * removal: then an injected removal failure had nothing to fail.  Another
- * user of the pool on the host (a VM with the flag, secretmem, a block
- * kept by memory_failure()) may leave such pages, and the mode fixture can
- * only release free blocks, not the free pages of blocks still in use.
+ * Whether the VM's requests since @flushes0 (its direct_map_flushes) took
+ * all their memory from free pages of the pool, with no removal (a request
+ * counts a flush exactly when the pool removed memory for it): then an
+ * injected removal failure had nothing to fail.  Another user of the pool
+ * on the host (a VM with the flag, secretmem, a block kept by
+ * memory_failure()) may leave such pages, and the mode fixture can only
+ * release free blocks, not the free pages of blocks still in use.
  */
-static bool no_removal_to_fail(struct kvm_vm *vm)
+static bool no_removal_to_fail(struct kvm_vm *vm, u64 flushes0)
 {
-	u64 pages = vm_get_stat(vm, direct_map_pages);
-
-	return pages && vm_get_stat(vm, direct_map_reused) == pages;
+	return vm_get_stat(vm, direct_map_pages) &&
+	       vm_get_stat(vm, direct_map_flushes) == flushes0;
 }
 
 /*
@@ -2070,6 +2082,7 @@ TEST_F(mode, fault_enomem)
 {
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
+	u64 flushes0;
 	int gmem, r;
 
 	if (!can_inject())
@@ -2079,10 +2092,11 @@ TEST_F(mode, fault_enomem)
 			  &gmem);
 	vm_mem_set_private(vm, DATA_GPA, DATA_SIZE);
 
+	flushes0 = vm_get_stat(vm, direct_map_flushes);
 	inject_nth(1);
 	r = _vcpu_run(vcpu);
 	inject_off();
-	if (!r && no_removal_to_fail(vm)) {
+	if (!r && no_removal_to_fail(vm, flushes0)) {
 		close(gmem);
 		kvm_vm_free(vm);
 		SKIP(return, "the pool had free pages: no removal to fail");
@@ -2245,6 +2259,7 @@ TEST_F(mode, mapped_fault_sigbus)
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	int gmem, status;
+	u64 flushes0;
 	pid_t pid;
 	u8 *mem;
 
@@ -2253,6 +2268,7 @@ TEST_F(mode, mapped_fault_sigbus)
 
 	vm = vm_with_mapped_gmem(guest_nothing, &vcpu, NDM_MAPPED, &gmem, &mem);
 
+	flushes0 = vm_get_stat(vm, direct_map_flushes);
 	inject_nth(1);
 	pid = fork();
 	if (!pid) {
@@ -2268,7 +2284,8 @@ TEST_F(mode, mapped_fault_sigbus)
 	 * removal: another user of the pool on the host (a VM with the flag,
 	 * secretmem) may have left some, and then there is nothing to fail.
 	 */
-	if (WIFEXITED(status) && !WEXITSTATUS(status) && no_removal_to_fail(vm)) {
+	if (WIFEXITED(status) && !WEXITSTATUS(status) &&
+	    no_removal_to_fail(vm, flushes0)) {
 		kvm_vm_free(vm);
 		close(gmem);
 		SKIP(return, "the pool had free pages: no removal to fail");
@@ -2547,7 +2564,7 @@ TEST_F_TIMEOUT(block_cache, mapped_hwpoison, 120)
 	opt_in = getenv(HWPOISON_OPT_IN);
 	if (!opt_in || strcmp(opt_in, "1"))
 		SKIP(return, "poisons host pages for good: set " HWPOISON_OPT_IN "=1");
-	if (access(HWPOISON_PFN, W_OK) || access(SOFT_OFFLINE, W_OK) ||
+	if (!can_write(HWPOISON_PFN) || access(SOFT_OFFLINE, W_OK) ||
 	    mf_count("total") < 0)
 		SKIP(return, "no %s, %s or memory_failure counters",
 		     HWPOISON_PFN, SOFT_OFFLINE);
@@ -2898,6 +2915,8 @@ TEST(nested_svm_gmem_only)
 }
 
 #define MAP_GPA_PRIVATE_ATTR	BIT_ULL(4)	/* KVM_MAP_GPA_RANGE_ENCRYPTED */
+/* What this test's VMM answers for ENOMEM: the guest and the VMM agree. */
+#define HC_ENOMEM		ENOMEM
 
 static void guest_convert(void)
 {
@@ -2906,7 +2925,7 @@ static void guest_convert(void)
 	/* Out of memory: the VMM says so, nothing changed. */
 	ret = __kvm_hypercall_map_gpa_range(DATA_GPA, PAGE_SIZE,
 					    MAP_GPA_PRIVATE_ATTR);
-	GUEST_ASSERT_EQ(ret, -KVM_ENOMEM);
+	GUEST_ASSERT_EQ(ret, -HC_ENOMEM);
 	/* A range outside guest memory. */
 	ret = __kvm_hypercall_map_gpa_range(DATA_GPA + DATA_SIZE, PAGE_SIZE,
 					    MAP_GPA_PRIVATE_ATTR);
@@ -2924,7 +2943,7 @@ static void guest_convert(void)
  * The VMM side of KVM_HC_MAP_GPA_RANGE for memory outside the direct map, as
  * Documentation/virt/kvm/x86/hypercalls.rst describes it: allocate the
  * private memory first (fallocate), and only then change the attributes;
- * ENOMEM goes back to the guest as -KVM_ENOMEM, a range outside guest memory
+ * ENOMEM goes back to the guest as -HC_ENOMEM, a range outside guest memory
  * as -KVM_EINVAL.
  */
 static u64 vmm_map_gpa_range(struct kvm_vm *vm, int gmem, u64 gpa, u64 npages)
@@ -2934,7 +2953,7 @@ static u64 vmm_map_gpa_range(struct kvm_vm *vm, int gmem, u64 gpa, u64 npages)
 	if (gpa < DATA_GPA || gpa + size > DATA_GPA + DATA_SIZE || gpa + size < gpa)
 		return -KVM_EINVAL;
 	if (fallocate(gmem, FALLOC_FL_KEEP_SIZE, gpa - DATA_GPA, size))
-		return errno == ENOMEM ? -KVM_ENOMEM : -KVM_EINVAL;
+		return errno == ENOMEM ? -HC_ENOMEM : -KVM_EINVAL;
 	vm_mem_set_private(vm, gpa, size);
 	return 0;
 }
@@ -2943,6 +2962,7 @@ TEST_F(mode, map_gpa_range_enomem)
 {
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
+	u64 flushes0 = 0;
 	int gmem, calls = 0;
 	struct ucall uc;
 
@@ -2960,8 +2980,10 @@ TEST_F(mode, map_gpa_range_enomem)
 		if (run->exit_reason == KVM_EXIT_HYPERCALL) {
 			ASSERT_EQ(run->hypercall.nr, KVM_HC_MAP_GPA_RANGE);
 			ASSERT_EQ(run->hypercall.args[2], MAP_GPA_PRIVATE_ATTR);
-			if (calls++ == 0)
+			if (calls++ == 0) {
+				flushes0 = vm_get_stat(vm, direct_map_flushes);
 				inject_nth(1);
+			}
 			run->hypercall.ret = vmm_map_gpa_range(vm, gmem,
 							       run->hypercall.args[0],
 							       run->hypercall.args[1]);
@@ -2971,13 +2993,13 @@ TEST_F(mode, map_gpa_range_enomem)
 			 * ENOMEM and added nothing.
 			 */
 			if (calls == 1 && !run->hypercall.ret &&
-			    no_removal_to_fail(vm)) {
+			    no_removal_to_fail(vm, flushes0)) {
 				close(gmem);
 				kvm_vm_free(vm);
 				SKIP(return, "the pool had free pages: no removal to fail");
 			}
 			if (calls == 1) {
-				ASSERT_EQ(run->hypercall.ret, -KVM_ENOMEM);
+				ASSERT_EQ(run->hypercall.ret, -HC_ENOMEM);
 				ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
 			}
 			continue;
@@ -3106,8 +3128,8 @@ static void nth_warm_up(void)
 FIXTURE_SETUP(fail_nth)
 {
 	if (access(FAIL_NTH, W_OK) || !can_inject() ||
-	    access(FAIL_PAGE_DIR "times", W_OK) ||
-	    access(FAIL_SLAB_DIR "times", W_OK) || access(BLOCKS_PARAM, W_OK) ||
+	    !can_write(FAIL_PAGE_DIR "times") ||
+	    !can_write(FAIL_SLAB_DIR "times") || !can_write(BLOCKS_PARAM) ||
 	    access(CACHE_PARAM, W_OK))
 		SKIP(return, "no " FAIL_NTH ", fail_direct_map, fail_page_alloc, failslab or "
 		     CACHE_PARAM);
@@ -3243,8 +3265,6 @@ static void nth_finish(struct __test_metadata *_metadata,
 	ASSERT_EQ(fallocate(t->gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
 			    0, DATA_SIZE), 0);
 	ASSERT_EQ(vm_get_stat(t->vm, direct_map_pages), 0);
-	ASSERT_EQ(vm_get_stat(t->vm, direct_map_removals),
-		  vm_get_stat(t->vm, direct_map_restores));
 	close(t->gmem);
 	kvm_vm_free(t->vm);
 	block_cache(0);
@@ -3253,7 +3273,7 @@ static void nth_finish(struct __test_metadata *_metadata,
 	       variant, _metadata->name, c.steps);
 	printf("%d calls failed with ENOMEM, %d failures absorbed ", c.failed,
 	       c.absorbed);
-	printf("(%d answered -KVM_ENOMEM to the guest); free pages %+lld\n",
+	printf("(%d answered -ENOMEM to the guest); free pages %+lld\n",
 	       t->guest_enomem, (long long)free_delta);
 	ASSERT_GT(c.steps, 0);
 	ASSERT_EQ(get_vmstat("direct_map_removed") - base->removed,
@@ -3434,7 +3454,7 @@ static int nth_set_attributes(struct nth *t, u64 attributes)
 
 /*
  * The VMM's side of the hypercall, and the KVM_RUN that gives the guest the
- * answer: vmm_map_gpa_range(), except that when it answers -KVM_ENOMEM the
+ * answer: vmm_map_gpa_range(), except that when it answers -HC_ENOMEM the
  * VMM first gives back what it allocated.
  */
 static int nth_map_gpa_range(struct nth *t)
@@ -3444,11 +3464,11 @@ static int nth_map_gpa_range(struct nth *t)
 	if (!t->answered) {
 		if (fallocate(t->gmem, FALLOC_FL_KEEP_SIZE, 0, nth_size)) {
 			TEST_ASSERT(errno == ENOMEM, "fallocate: %s", strerror(errno));
-			t->hc_ret = -KVM_ENOMEM;
+			t->hc_ret = -HC_ENOMEM;
 		} else {
 			r = nth_set_attributes(t, KVM_MEMORY_ATTRIBUTE_PRIVATE);
 			TEST_ASSERT(!r || r == -ENOMEM, "attributes: %s", strerror(-r));
-			t->hc_ret = r ? -KVM_ENOMEM : 0;
+			t->hc_ret = r ? -HC_ENOMEM : 0;
 		}
 		if (t->hc_ret) {
 			t->guest_enomem++;
@@ -3670,8 +3690,8 @@ static const char *hc_name(u64 ret)
 		return "0";
 	case -KVM_EINVAL:
 		return "-KVM_EINVAL";
-	case -KVM_ENOMEM:
-		return "-KVM_ENOMEM";
+	case -HC_ENOMEM:
+		return "-ENOMEM";
 	}
 	return "?";
 }
@@ -3688,7 +3708,7 @@ struct bad_hc_row {
 	u64 gpa, npages, attrs;
 	u64 ret;
 	bool forwarded;
-	u64 pages, removed;
+	u64 pages;
 };
 
 static const struct bad_hc_row bad_hc_rows[] = {
@@ -3703,10 +3723,10 @@ static const struct bad_hc_row bad_hc_rows[] = {
 	  MAP_GPA_PRIVATE_ATTR, -KVM_EINVAL, true },
 	{ "hypercall: unknown attribute", DATA_GPA, 1, BIT_ULL(5), -KVM_EINVAL, true },
 	{ "hypercall: private", DATA_GPA, DATA_PAGES, MAP_GPA_PRIVATE_ATTR, 0, true,
-	  DATA_PAGES, DATA_PAGES },
-	/* Allocated already: nothing is removed again. */
+	  DATA_PAGES },
+	/* Allocated already: nothing is added again. */
 	{ "hypercall: private again", DATA_GPA, DATA_PAGES, MAP_GPA_PRIVATE_ATTR, 0, true,
-	  DATA_PAGES, 0 },
+	  DATA_PAGES },
 	{ "hypercall: shared", DATA_GPA, DATA_PAGES, 0, 0, true },
 	{ "hypercall: shared again", DATA_GPA, DATA_PAGES, 0, 0, true },
 };
@@ -3749,7 +3769,7 @@ static u64 vmm_convert(struct kvm_vm *vm, int gmem, u64 gpa, u64 npages,
 
 TEST(bad_input)
 {
-	u64 pages = 0, removals = 0;
+	u64 pages = 0;
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	int gmem, i, rows = 0, exits = 0;
@@ -3763,18 +3783,14 @@ TEST(bad_input)
 		printf("# %-44s %-11s (want %s)\n", row->what, errno_name(err),
 		       errno_name(row->err));
 		EXPECT_EQ(err, row->err);
-		if (err) {
+		if (err)
 			EXPECT_EQ(vm_get_stat(vm, direct_map_pages), pages);
-			EXPECT_EQ(vm_get_stat(vm, direct_map_removals), removals);
-		}
 		pages = vm_get_stat(vm, direct_map_pages);
-		removals = vm_get_stat(vm, direct_map_removals);
 		rows++;
 	}
 	ASSERT_EQ(fallocate(gmem, PUNCH, 0, DATA_SIZE), 0);
 
 	vm_enable_cap(vm, KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE);
-	removals = vm_get_stat(vm, direct_map_removals);
 	for (;;) {
 		struct kvm_run *run = vcpu->run;
 		const struct bad_hc_row *row;
@@ -3799,9 +3815,6 @@ TEST(bad_input)
 			EXPECT_EQ(uc.args[1], row->ret);
 			EXPECT_EQ(exits, row->forwarded);
 			EXPECT_EQ(vm_get_stat(vm, direct_map_pages), row->pages);
-			EXPECT_EQ(vm_get_stat(vm, direct_map_removals) - removals,
-				  row->removed);
-			removals = vm_get_stat(vm, direct_map_removals);
 			exits = 0;
 			rows++;
 			continue;
@@ -3813,7 +3826,6 @@ TEST(bad_input)
 	}
 	/* Converted back to shared, the memory was given back. */
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
-	ASSERT_EQ(vm_get_stat(vm, direct_map_removals), vm_get_stat(vm, direct_map_restores));
 	close(gmem);
 	kvm_vm_free(vm);
 	printf("# kp-figure: bad input: %d rows, each with its exact error\n", rows);
