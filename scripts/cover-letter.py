@@ -229,8 +229,9 @@ def rust_paragraph(boundary):
         'guest_memfd.c, %d implemented in guest_memfd.c for the component.  The component has '
         '%d lines with "unsafe" (grep -c unsafe): the %d entry points, and the '
         'bodies of the one typed wrapper that calls guest_memfd.c and of the stats pointer.  '
-        'Moving the page-cache calls into the kernel crate (an address_space abstraction) '
-        'would leave only the entry points; that is for v2.'
+        'Moving the page-cache calls into the kernel crate (an address_space abstraction), '
+        'and the NUMA-policy lookup and the stats behind safe types, would leave only the '
+        'entry points; that is for the next version.'
         % (lines, len(abstraction.splitlines()), len(funcs), in_rust, len(funcs) - in_rust,
            unsafe, in_rust), 72)
 

@@ -4,8 +4,8 @@
  *
  * Memory that the kernel must not reach through its own mappings, such as
  * the private memory of a KVM guest, is removed from the direct map while
- * it is in use and restored before it is freed.  This is the one place that
- * does it, so that the rules hold for every user:
+ * it is in use and restored before it is freed.  A user that does it
+ * through this file gets these rules:
  *
  * - Removal can fail.  A large (1G or 2M) mapping that the range covers
  *   only in part must be split, and the split allocates page tables.  A

@@ -19,7 +19,8 @@ kill_tree() {
 
 # For a test that outlived its timeout: each task's state and kernel stack,
 # and KVM's per-VM statistics twice, 2 s apart (a vCPU that keeps exiting
-# or faulting moves them; a stuck one does not).
+# or faulting moves them; a stuck one does not; which of the exit counters
+# moves says what kind of exit it keeps taking, as far as KVM counts it).
 hang_report() {
 	echo "# kp: hang: tasks of the test (state, wchan, kernel stack)"
 	for p in $(tree "$1"); do
@@ -35,8 +36,13 @@ hang_report() {
 			echo "# kp: hang: kvm ${d##*/} sample $i:" \
 				"$(cd "$d" && for f in exits pf_taken pf_fixed \
 					pf_emulate pf_spurious pf_fast halt_exits \
-					hypercalls io_exits signal_exits \
-					request_irq_exits; do
+					hypercalls io_exits mmio_exits signal_exits \
+					request_irq_exits irq_exits irq_window_exits \
+					nmi_window_exits irq_injections \
+					nmi_injections pf_guest tlb_flush insn_emulation \
+					insn_emulation_fail nested_run guest_mode \
+					halt_wakeup blocking \
+					req_event; do
 					[ -f $f ] && printf '%s=%s ' $f "$(cat $f)"
 				done)"
 		done

@@ -12,7 +12,6 @@
 #ifndef __LINUX_KVM_PROTMEM_H
 #define __LINUX_KVM_PROTMEM_H
 
-#include <linux/kvm_types.h>
 #include <linux/types.h>
 
 struct folio;
@@ -24,7 +23,7 @@ struct kvm_protmem;
 
 #ifdef CONFIG_KVM_PROTMEM
 /* Implemented in Rust, virt/kvm/protmem.rs. */
-struct kvm_protmem *kvm_protmem_create(struct kvm_vm_stat_generic *stats);
+struct kvm_protmem *kvm_protmem_create(u64 *pages, u64 *flushes);
 void kvm_protmem_detach(struct kvm_protmem *pm);
 void kvm_protmem_put(struct kvm_protmem *pm);
 int kvm_protmem_populate(struct kvm_protmem *pm, struct inode *inode,
@@ -41,12 +40,6 @@ int kvm_gmem_insert_folio(struct inode *inode, struct folio *folio,
 			  pgoff_t index, void *owner);
 #else
 /* Without CONFIG_KVM_PROTMEM no guest_memfd has a struct kvm_protmem. */
-static inline struct kvm_protmem *
-kvm_protmem_create(struct kvm_vm_stat_generic *stats)
-{
-	return NULL;
-}
-
 static inline void kvm_protmem_detach(struct kvm_protmem *pm)
 {
 }

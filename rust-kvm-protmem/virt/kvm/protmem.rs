@@ -40,13 +40,17 @@ use kernel::{
 /// The number of pages in a 2 MiB block, the size of a PMD mapping on x86-64.
 const BLOCK_PAGES: usize = 512;
 
-/// The per-VM counters in `struct kvm_vm_stat_generic`.
+/// Two counters of a VM's stats (`struct kvm_vm_stat` on x86).
 ///
 /// # Invariants
 ///
-/// `self.0` points to the generic VM stats of a VM that stays alive as long as `self` exists:
-/// [`kvm_protmem_detach`] drops it before the VM can go.
-struct StatsPtr(NonNull<bindings::kvm_vm_stat_generic>);
+/// `pages` and `flushes` point to `u64` stats of a VM, valid for reads and writes and aligned for
+/// `Atomic<u64>`, for as long as `self` exists ([`kvm_protmem_detach`] drops it before the VM can
+/// go); the component writes them only atomically.
+struct StatsPtr {
+    pages: NonNull<u64>,
+    flushes: NonNull<u64>,
+}
 
 // SAFETY: The counters are updated with atomic operations from any thread.
 unsafe impl Send for StatsPtr {}
@@ -54,17 +58,17 @@ unsafe impl Send for StatsPtr {}
 impl StatsPtr {
     /// `direct_map_pages`: the pages of the VM's guest_memfds that are off the direct map.
     fn pages(&self) -> &Atomic<u64> {
-        // SAFETY: By the type invariant the stats outlive `self`; the field is a valid, aligned
-        // `u64`, and the component changes it only atomically. Known exception to "no data
+        // SAFETY: By the type invariant the pointer is valid and aligned for as long as `self`
+        // exists, and the component writes it only atomically. Known exception to "no data
         // race": KVM's stats code reads every stat, and clears cumulative ones, with plain
         // word-sized accesses, as it does for the C stats that are updated concurrently.
-        unsafe { Atomic::from_ptr(&raw mut (*self.0.as_ptr()).direct_map_pages) }
+        unsafe { Atomic::from_ptr(self.pages.as_ptr()) }
     }
 
     /// `direct_map_flushes`: the kernel TLB flushes issued for the VM's requests.
     fn flushes(&self) -> &Atomic<u64> {
         // SAFETY: As for `pages()`.
-        unsafe { Atomic::from_ptr(&raw mut (*self.0.as_ptr()).direct_map_flushes) }
+        unsafe { Atomic::from_ptr(self.flushes.as_ptr()) }
     }
 }
 
@@ -103,18 +107,20 @@ impl Protmem {
 ///
 /// # Safety
 ///
-/// `stats` must point to the generic stats of a VM that stays alive until
-/// [`kvm_protmem_detach`] is called.
+/// `pages` and `flushes` must point to the `direct_map_pages` and `direct_map_flushes` stats of a
+/// VM, aligned `u64`s that stay valid until [`kvm_protmem_detach`] is called and that nothing else
+/// writes but KVM's stats code.
 #[export]
 pub unsafe extern "C" fn kvm_protmem_create(
-    stats: *mut bindings::kvm_vm_stat_generic,
+    pages: *mut u64,
+    flushes: *mut u64,
 ) -> *mut bindings::kvm_protmem {
-    let Some(stats) = NonNull::new(stats) else {
+    let (Some(pages), Some(flushes)) = (NonNull::new(pages), NonNull::new(flushes)) else {
         return core::ptr::null_mut();
     };
     // INVARIANT: by the safety requirements the VM is alive until `kvm_protmem_detach()`.
     let init = pin_init!(Protmem {
-        stats <- new_spinlock!(Some(StatsPtr(stats)), "kvm_protmem"),
+        stats <- new_spinlock!(Some(StatsPtr { pages, flushes }), "kvm_protmem"),
     });
 
     match Arc::pin_init(init, GFP_KERNEL_ACCOUNT) {
@@ -123,7 +129,7 @@ pub unsafe extern "C" fn kvm_protmem_create(
     }
 }
 
-/// Stops counting for the VM: after this returns, `stats` may go away.
+/// Stops counting for the VM: after this returns, its stats may go away.
 ///
 /// # Safety
 ///
