@@ -44,9 +44,9 @@ const BLOCK_PAGES: usize = 512;
 ///
 /// # Invariants
 ///
-/// `pages` and `flushes` point to `u64` stats of a VM, valid for reads and writes and aligned for
-/// `Atomic<u64>`, for as long as `self` exists ([`kvm_protmem_detach`] drops it before the VM can
-/// go); the component writes them only atomically.
+/// `pages` and `flushes` point to `u64` stats of a VM, valid for reads and writes and aligned, for
+/// as long as `self` exists ([`kvm_protmem_detach`] drops it before the VM can go); the component
+/// writes them only atomically.
 struct StatsPtr {
     pages: NonNull<u64>,
     flushes: NonNull<u64>,
@@ -118,7 +118,8 @@ pub unsafe extern "C" fn kvm_protmem_create(
     let (Some(pages), Some(flushes)) = (NonNull::new(pages), NonNull::new(flushes)) else {
         return core::ptr::null_mut();
     };
-    // INVARIANT: by the safety requirements the VM is alive until `kvm_protmem_detach()`.
+    // INVARIANT: By the safety requirements both pointers are valid, aligned `u64`s until
+    // `kvm_protmem_detach()`, which nothing else writes but KVM's stats code.
     let init = pin_init!(Protmem {
         stats <- new_spinlock!(Some(StatsPtr { pages, flushes }), "kvm_protmem"),
     });
