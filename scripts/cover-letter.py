@@ -204,36 +204,38 @@ def base_paragraph(base_info):
 
 def rust_paragraph(boundary):
     """What is in Rust and what stays in C, with the boundary counted in BOUNDARY's copies of
-    virt/kvm/protmem.rs, include/linux/kvm_protmem.h and rust/kernel/mm/direct_map.rs."""
+    virt/kvm/protmem.rs, include/linux/kvm_protmem.h and rust/kernel/mm/{direct_map,filemap,
+    mempolicy}.rs."""
     def read(name):
         return open(os.path.join(boundary, name)).read()
 
-    component, header, abstraction = read('protmem.rs'), read('kvm_protmem.h'), read('direct_map.rs')
+    def nlines(name):
+        return len(read(name).splitlines())
+
+    component, header = read('protmem.rs'), read('kvm_protmem.h')
     # The declarations of the #ifdef CONFIG_KVM_PROTMEM branch: one a function.
     decls = header.split('#ifdef CONFIG_KVM_PROTMEM', 1)[1].split('#else', 1)[0]
     funcs = [l for l in decls.splitlines() if '(' in l and not l.startswith((' ', '\t', '/*', ' *'))]
     in_rust = sum(1 for l in component.splitlines() if 'pub unsafe extern "C" fn' in l)
     unsafe = sum(1 for l in component.splitlines() if 'unsafe' in l)
-    lines = len(component.splitlines())
     return textwrap.fill(
         'In Rust: the KVM component (virt/kvm/protmem.rs, %d lines), which decides what a '
         'request takes from the pool, takes it through one batch, charges it, flushes once and '
-        'adds the pages to the page cache; and the kernel crate\'s abstraction of the direct-map '
-        'API (rust/kernel/mm/direct_map.rs, %d lines), whose types make "removed and flushed" '
-        'and "added to a page cache once" hold by construction, and hand an allocation out for '
-        'charging only once (charging each of its pages once is the caller\'s part).  In C: the '
+        'adds the pages to the page cache; and the kernel crate\'s abstractions it is written '
+        'on: the direct-map API and its pool (rust/kernel/mm/direct_map.rs, %d lines), whose '
+        'types make "removed and flushed", "charged once" and "added to a page cache once" hold '
+        'by construction; a file\'s page cache and memory policy (rust/kernel/mm/filemap.rs '
+        'and mempolicy.rs, %d and %d lines); and ForeignAtomic, for the VM\'s stats.  In C: the '
         'direct map itself and the pool (mm/, with secretmem as a second user and the page '
         'allocator\'s free path), and guest_memfd.c, which owns the file, its locks and its '
         'page cache.  The boundary is one header, include/linux/kvm_protmem.h, which '
-        'bindings_helper.h includes: %d functions, %d implemented in Rust and called by '
-        'guest_memfd.c, %d implemented in guest_memfd.c for the component.  The component has '
-        '%d lines with "unsafe" (grep -c unsafe): the %d entry points, and the '
-        'bodies of the one typed wrapper that calls guest_memfd.c and of the stats pointer.  '
-        'Moving the page-cache calls into the kernel crate (an address_space abstraction), '
-        'and the NUMA-policy lookup and the stats behind safe types, would leave only the '
-        'entry points; that is for the next version.'
-        % (lines, len(abstraction.splitlines()), len(funcs), in_rust, len(funcs) - in_rust,
-           unsafe, in_rust), 72)
+        'bindings_helper.h includes: %d functions, %s implemented in Rust and called by '
+        'guest_memfd.c; the component calls no KVM function.  It has %d lines with "unsafe" '
+        '(grep -c unsafe): the %d entry points, each a signature and one unsafe block where the '
+        'C caller\'s promises become typed references.'
+        % (len(component.splitlines()), nlines('direct_map.rs'), nlines('filemap.rs'),
+           nlines('mempolicy.rs'), len(funcs),
+           'all' if in_rust == len(funcs) else '%d of them' % in_rust, unsafe, in_rust), 72)
 
 
 def main():

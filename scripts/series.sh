@@ -65,7 +65,8 @@ PY
 		git -C "$KP_LINUX" $KP_GIT_CONFIG diff --stat=72 kp-base kvm-protmem >"$dir/.diffstat" &&
 	# The Rust/C boundary, counted in the branch's files.
 	mkdir -p "$dir/.boundary" &&
-	for f in virt/kvm/protmem.rs include/linux/kvm_protmem.h rust/kernel/mm/direct_map.rs; do
+	for f in virt/kvm/protmem.rs include/linux/kvm_protmem.h rust/kernel/mm/direct_map.rs \
+		rust/kernel/mm/filemap.rs rust/kernel/mm/mempolicy.rs; do
 		git -C "$KP_LINUX" show "kvm-protmem:$f" >"$dir/.boundary/${f##*/}" ||
 			kp_die "cannot read $f of the branch"
 	done &&

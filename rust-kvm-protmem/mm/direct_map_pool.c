@@ -722,10 +722,14 @@ static struct dm_block *dm_block_new_near(struct direct_map_batch *batch,
 	return dm_block_new(batch, gfp, nid);
 }
 
-/* @nid, or the node the task's memory policy picks, as alloc_pages() would. */
+/*
+ * @nid if it is a node with memory, else the node the task's memory policy
+ * picks, as alloc_pages() would.  A node that loses its memory after this
+ * only makes the __GFP_THISNODE attempt of dm_block_new_near() fail.
+ */
 static int dm_pool_node(int nid)
 {
-	if (nid != NUMA_NO_NODE)
+	if (nid >= 0 && nid < MAX_NUMNODES && node_state(nid, N_MEMORY))
 		return nid;
 #ifdef CONFIG_NUMA
 	return mempolicy_slab_node();
@@ -946,8 +950,8 @@ void direct_map_pool_publish(struct direct_map_batch *batch)
  * @batch: the batch whose flush the caller issues before anyone writes the
  *         page
  * @gfp: allocation flags, for a new block and the pool's bookkeeping
- * @nid: preferred node, or NUMA_NO_NODE for the one the task's memory
- *       policy picks
+ * @nid: preferred node, or NUMA_NO_NODE (or a node without memory) for
+ *       the one the task's memory policy picks
  * @pagep: the page, on success
  *
  * Hand out a free page of a pageblock that the pool has removed from the
@@ -1062,8 +1066,8 @@ static struct dm_block *dm_pool_take_block(int nid, bool any)
  * @batch: the batch whose flush the caller issues before anyone writes the
  *         pages
  * @gfp: allocation flags for a new block
- * @nid: preferred node, or NUMA_NO_NODE for the one the task's memory
- *       policy picks
+ * @nid: preferred node, or NUMA_NO_NODE (or a node without memory) for
+ *       the one the task's memory policy picks
  * @pagep: the first page, on success
  *
  * Hand out a whole pageblock (pageblock_nr_pages pages, 2 MiB on x86-64)

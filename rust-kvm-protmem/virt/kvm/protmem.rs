@@ -15,9 +15,10 @@
 //! naturally aligned 2 MiB range of the file gets a whole block when it can; other indices get a
 //! page of their own, from a block the pool has already removed when it has one.
 //!
-//! This file is linked into kvm.ko next to `guest_memfd.c`, which calls the functions below; both
-//! sides are declared in `include/linux/kvm_protmem.h`. The direct map is changed only through
-//! [`kernel::mm::direct_map`].
+//! This file is linked into kvm.ko next to `guest_memfd.c`, which calls the five functions below
+//! (declared in `include/linux/kvm_protmem.h`); only they rely on what their callers promise. The
+//! component calls no C function itself: it reaches the direct map, the page cache and the file's
+//! memory policy through [`kernel::mm`].
 //!
 //! See `Documentation/virt/kvm/protected-memory.rst`.
 
@@ -25,12 +26,14 @@ use core::{ops::Range, ptr::NonNull};
 use kernel::{
     alloc::KVVec,
     bindings,
-    error::to_result,
-    mm::direct_map::{PoolBatch, PoolPage},
+    mm::{
+        direct_map::{NoDirectMapCache, PoolBatch, PoolPage},
+        mempolicy::SharedPolicy,
+    },
     new_spinlock,
     prelude::*,
     sync::{
-        atomic::{Atomic, Relaxed},
+        atomic::{ForeignAtomic, Relaxed},
         Arc, ArcBorrow, SpinLock,
     },
     task,
@@ -40,47 +43,28 @@ use kernel::{
 /// The number of pages in a 2 MiB block, the size of a PMD mapping on x86-64.
 const BLOCK_PAGES: usize = 512;
 
-/// Two counters of a VM's stats (`struct kvm_vm_stat` on x86).
-///
-/// # Invariants
-///
-/// `pages` and `flushes` point to `u64` stats of a VM, valid for reads and writes and aligned, for
-/// as long as `self` exists ([`kvm_protmem_detach`] drops it before the VM can go); the component
-/// writes them only atomically.
-struct StatsPtr {
-    pages: NonNull<u64>,
-    flushes: NonNull<u64>,
-}
-
-// SAFETY: The counters are updated with atomic operations from any thread.
-unsafe impl Send for StatsPtr {}
-
-impl StatsPtr {
+/// Two counters of a VM's stats (`struct kvm_vm_stat` on x86), valid until the VM lets go of the
+/// guest_memfd ([`kvm_protmem_detach`] drops them).
+struct Stats {
     /// `direct_map_pages`: the pages of the VM's guest_memfds that are off the direct map.
-    fn pages(&self) -> &Atomic<u64> {
-        // SAFETY: By the type invariant the pointer is valid and aligned for as long as `self`
-        // exists, and the component writes it only atomically. Known exception to "no data
-        // race": KVM's stats code reads every stat, and clears cumulative ones, with plain
-        // word-sized accesses, as it does for the C stats that are updated concurrently.
-        unsafe { Atomic::from_ptr(self.pages.as_ptr()) }
-    }
-
+    pages: ForeignAtomic<u64>,
     /// `direct_map_flushes`: the kernel TLB flushes issued for the VM's requests.
-    fn flushes(&self) -> &Atomic<u64> {
-        // SAFETY: As for `pages()`.
-        unsafe { Atomic::from_ptr(self.flushes.as_ptr()) }
-    }
+    flushes: ForeignAtomic<u64>,
 }
 
 /// The direct-map state of one guest_memfd inode: where its counters go.
 ///
 /// Every folio of the inode's page cache keeps a reference to it in `private`, so that a folio
 /// that leaves the page cache after the inode's last file is counted, or not, safely.
+///
+/// # Invariants
+///
+/// `stats` is `None` from [`kvm_protmem_detach`] on: the VM may be gone.
 #[pin_data]
 struct Protmem {
     /// The VM's counters; `None` once the VM lets go of the guest_memfd.
     #[pin]
-    stats: SpinLock<Option<StatsPtr>>,
+    stats: SpinLock<Option<Stats>>,
 }
 
 impl Protmem {
@@ -88,15 +72,15 @@ impl Protmem {
     /// the pageblocks the pool removed for them out of every CPU's TLB.
     fn added(&self, nr: usize, flushed: bool) {
         if let Some(s) = self.stats.lock().as_ref() {
-            s.pages().add(nr as u64, Relaxed);
-            s.flushes().add(u64::from(flushed), Relaxed);
+            s.pages.add(nr as u64, Relaxed);
+            s.flushes.add(u64::from(flushed), Relaxed);
         }
     }
 
     /// Counts a page that left the page cache, back to the pool.
     fn left(&self) {
         if let Some(s) = self.stats.lock().as_ref() {
-            s.pages().fetch_sub(1u64, Relaxed);
+            s.pages.fetch_sub(1u64, Relaxed);
         }
     }
 }
@@ -118,10 +102,20 @@ pub unsafe extern "C" fn kvm_protmem_create(
     let (Some(pages), Some(flushes)) = (NonNull::new(pages), NonNull::new(flushes)) else {
         return core::ptr::null_mut();
     };
-    // INVARIANT: By the safety requirements both pointers are valid, aligned `u64`s until
-    // `kvm_protmem_detach()`, which nothing else writes but KVM's stats code.
+    // SAFETY: By the safety requirements both are valid, aligned `u64`s until
+    // `kvm_protmem_detach()`, which drops them (`Protmem`'s invariant). The component writes them
+    // only atomically. KVM's stats code reads every stat, and clears cumulative ones, with plain
+    // word-sized accesses, as it does for the C stats that are updated concurrently: a race that
+    // LKMM counts, which the stats tolerate (a read may miss an update in flight).
+    let (pages, flushes) = unsafe {
+        (
+            ForeignAtomic::from_ptr(pages),
+            ForeignAtomic::from_ptr(flushes),
+        )
+    };
+    // INVARIANT: Not detached yet.
     let init = pin_init!(Protmem {
-        stats <- new_spinlock!(Some(StatsPtr { pages, flushes }), "kvm_protmem"),
+        stats <- new_spinlock!(Some(Stats { pages, flushes }), "kvm_protmem"),
     });
 
     match Arc::pin_init(init, GFP_KERNEL_ACCOUNT) {
@@ -140,6 +134,7 @@ pub unsafe extern "C" fn kvm_protmem_detach(pm: *mut bindings::kvm_protmem) {
     // SAFETY: By the safety requirements `pm` came from `into_foreign()` and was not put.
     let pm = unsafe { <Arc<Protmem> as ForeignOwnable>::borrow(pm.cast()) };
 
+    // INVARIANT: Detached: the counters are dropped, and never set again.
     *pm.stats.lock() = None;
 }
 
@@ -179,16 +174,19 @@ pub unsafe extern "C" fn kvm_protmem_put(pm: *mut bindings::kvm_protmem) {
 ///
 /// Returns 0, `-ENOMEM` (the memory cgroup refused a page, or no room for the request's
 /// bookkeeping), `-ENOSPC` (the pool had no page, or could not take one out of the direct map),
-/// `-EINTR`, `-EOPNOTSUPP` (no pool), `-EINVAL` (no inode), or an error of the page cache.
+/// `-EINTR`, `-EOPNOTSUPP` (no pool), or an error of the page cache.
 ///
 /// # Safety
 ///
-/// `pm` must be the state of `inode`, a live guest_memfd inode of `size` pages whose
-/// `populate_lock` the caller holds; the caller may sleep.
+/// `pm` must be the state of a guest_memfd inode of `size` pages that the caller holds a reference
+/// to; `mapping` its page cache, with `AS_NO_DIRECT_MAP`, whose `->free_folio()` passes the
+/// `private` field of each folio, if not NULL, to [`kvm_protmem_free_folio`], once; and `policy`
+/// its memory policy, initialised. The caller holds the inode's `populate_lock` and may sleep.
 #[export]
 pub unsafe extern "C" fn kvm_protmem_populate(
     pm: *mut bindings::kvm_protmem,
-    inode: *mut bindings::inode,
+    mapping: *mut bindings::address_space,
+    policy: *mut bindings::shared_policy,
     start: usize,
     end: usize,
     size: usize,
@@ -196,15 +194,24 @@ pub unsafe extern "C" fn kvm_protmem_populate(
     interruptible: bool,
 ) -> c_int {
     // SAFETY: By the safety requirements `pm` came from `into_foreign()` and is owned by the
-    // inode, which outlives this call.
-    let pm = unsafe { <Arc<Protmem> as ForeignOwnable>::borrow(pm.cast()) };
-    let Some(inode) = NonNull::new(inode) else {
-        return EINVAL.to_errno();
+    // inode, which outlives this call, as do its page cache and memory policy. The page cache
+    // keeps its folios out of the direct map, and gives a non-NULL `private` of a folio to
+    // `kvm_protmem_free_folio()`, which is `Arc::<Protmem>::from_foreign()`.
+    let (pm, cache, policy) = unsafe {
+        (
+            <Arc<Protmem> as ForeignOwnable>::borrow(pm.cast()),
+            NoDirectMapCache::from_raw(mapping),
+            SharedPolicy::from_raw(policy),
+        )
     };
-    // INVARIANT: By the safety requirements `inode` is live, of `size` pages, its state is `pm`,
-    // and its `populate_lock` is held for the duration of this call, longer than `pm` is
-    // borrowed.
-    let gmem = Gmem { inode, size, pm };
+    // INVARIANT: By the safety requirements the inode is of `size` pages, its state is `pm`, and
+    // its `populate_lock` is held for the duration of this call.
+    let gmem = Gmem {
+        cache,
+        policy,
+        size,
+        pm,
+    };
     match populate(&gmem, start..end, blocks, interruptible) {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
@@ -212,92 +219,25 @@ pub unsafe extern "C" fn kvm_protmem_populate(
 }
 
 /// A guest_memfd inode created with `GUEST_MEMFD_FLAG_NO_DIRECT_MAP` and its state, during one
-/// request of [`kvm_protmem_populate`]: the only place where the component calls guest_memfd.c.
+/// request of [`kvm_protmem_populate`].
 ///
 /// # Invariants
 ///
-/// `inode` is a live guest_memfd inode of `size` pages whose state is `pm`, and its
-/// `populate_lock` is held while `pm` is borrowed: nothing else adds a page to its page cache
-/// meanwhile.
+/// `cache` and `policy` are the page cache and the memory policy of a guest_memfd inode of `size`
+/// pages whose state is `pm`, and its `populate_lock` is held while they are borrowed: nothing
+/// else adds a page to the page cache meanwhile.
 struct Gmem<'a> {
-    inode: NonNull<bindings::inode>,
+    cache: &'a NoDirectMapCache<Arc<Protmem>>,
+    policy: &'a SharedPolicy,
     size: usize,
     pm: ArcBorrow<'a, Protmem>,
 }
 
 impl Gmem<'_> {
-    /// Returns whether the file has a page for any index in `range`.
-    fn has_page(&self, range: Range<usize>) -> bool {
-        // SAFETY: `self.inode` is a live guest_memfd inode by the type invariant.
-        unsafe { bindings::kvm_gmem_has_folio(self.inode.as_ptr(), range.start, range.end) }
-    }
-
-    /// Returns the node that an mbind() policy of the file names for `index`, if any.
-    fn node(&self, index: usize) -> Option<i32> {
-        // SAFETY: As in `has_page()`.
-        match unsafe { bindings::kvm_gmem_node(self.inode.as_ptr(), index) } {
-            bindings::NUMA_NO_NODE => None,
-            nid => Some(nid),
-        }
-    }
-
-    /// Charges the last allocation of `batch` to the memory cgroup that the file's page cache
-    /// charges: its pages `want` as the page cache charges them, then the others without trying
-    /// hard. Returns whether all of them were charged; if only `want` could be, the batch keeps
-    /// only those. Fails with `ENOMEM` if the cgroup refused one of `want`. Pages that are given
-    /// back unused are uncharged.
-    fn charge_last(&self, batch: &mut PoolBatch, want: Range<usize>) -> Result<bool> {
-        let (page, nr) = batch.take_last_to_charge().ok_or(EINVAL)?;
-        if want.start >= want.end || want.end > nr {
-            return Err(EINVAL);
-        }
-        let charge = |range: Range<usize>, hard: bool| {
-            let n = range.end - range.start;
-            if n == 0 {
-                return true;
-            }
-            // SAFETY: `self.inode` is a live guest_memfd inode; the pages are the pool's, in no
-            // page cache, reached by nobody else and not charged: `take_last_to_charge()` gives
-            // an allocation once, and each page of it is in one of the disjoint ranges below.
-            n == unsafe {
-                bindings::kvm_gmem_charge_pages(
-                    self.inode.as_ptr(),
-                    page.wrapping_add(range.start),
-                    n,
-                    hard,
-                )
-            }
-        };
-
-        if !charge(want.clone(), true) {
-            return Err(ENOMEM);
-        }
-        if charge(0..want.start, false) && charge(want.end..nr, false) {
-            return Ok(true);
-        }
-        batch.trim_last(want.start, want.end);
-        Ok(false)
-    }
-
-    /// Adds `page` to the file's page cache at `index`, up to date, with a reference to the
-    /// inode's state in its `private` for [`kvm_protmem_free_folio`]. The page cache takes its own
-    /// reference to the page. Fails with `EEXIST` if the index has a page already. The page is
-    /// expected to be charged ([`Gmem::charge_last`]); one that is not escapes the memory cgroup
-    /// (and `filemap_add_charged_folio()` warns).
+    /// Adds `page` to the file's page cache at `index`, with a reference to the inode's state for
+    /// [`kvm_protmem_free_folio`]. Fails with `EEXIST` if the index has a page already.
     fn insert(&self, page: PoolPage, index: usize) -> Result {
-        let owner = Arc::<Protmem>::from(self.pm).into_foreign();
-        // SAFETY: `self.inode` is a live guest_memfd inode whose `populate_lock` is held; the
-        // folio is an order-0 page of the pool, zeroed, off the direct map and flushed, and in no
-        // page cache (a `PoolPage` is its only owner); `owner` is a reference to the inode's
-        // state for the folio to keep in `private`.
-        let err = unsafe {
-            bindings::kvm_gmem_insert_folio(self.inode.as_ptr(), page.folio(), index, owner)
-        };
-        if err != 0 {
-            // SAFETY: The insertion failed, so the folio did not keep `owner`.
-            drop(unsafe { <Arc<Protmem> as ForeignOwnable>::from_foreign(owner) });
-        }
-        to_result(err)
+        page.add_to_page_cache(self.cache, index, Arc::<Protmem>::from(self.pm))
     }
 }
 
@@ -327,7 +267,7 @@ fn wants(
         if interruptible && current!().signal_pending() {
             return Err(EINTR);
         }
-        if gmem.has_page(index..index + 1) {
+        if gmem.cache.has_folio(index..index + 1) {
             index += 1;
             continue;
         }
@@ -337,7 +277,7 @@ fn wants(
         let block = blocks
             && base >= wants.last().map_or(0, |w: &Want| w.first + 1)
             && base + BLOCK_PAGES <= gmem.size
-            && !gmem.has_page(base..base + BLOCK_PAGES);
+            && !gmem.cache.has_folio(base..base + BLOCK_PAGES);
         let (first, nr) = if block {
             (base, BLOCK_PAGES)
         } else {
@@ -379,11 +319,11 @@ fn allocate(
 
     for w in wants {
         stop_if_killed()?;
-        let nid = gmem.node(w.first);
+        let nid = gmem.policy.preferred_node(w.first);
         // A block without trying hard: single pages may come from blocks the pool has.
         if w.block && batch.alloc_block(gfp | __GFP_NORETRY, nid).is_ok() {
             let want = w.lo - w.first..w.hi - w.first;
-            let first = if gmem.charge_last(batch, want)? {
+            let first = if batch.charge_last(gmem.cache, want)? {
                 w.first
             } else {
                 w.lo
@@ -397,7 +337,7 @@ fn allocate(
             batch
                 .alloc_page(gfp, nid)
                 .map_err(|e| if e == ENOMEM { ENOSPC } else { e })?;
-            gmem.charge_last(batch, 0..1)?;
+            batch.charge_last(gmem.cache, 0..1)?;
             firsts.push(i, GFP_KERNEL_ACCOUNT)?;
         }
     }

@@ -24,11 +24,19 @@
 use crate::{
     alloc::{Flags, KVVec},
     bindings,
-    error::{code::ENOMEM, to_result, Result},
+    error::{
+        code::{EINVAL, ENOMEM},
+        to_result, Error, Result,
+    },
+    ffi::c_void,
+    mm::filemap::AddressSpace,
     page::Page,
+    types::ForeignOwnable,
 };
 use core::{
+    marker::PhantomData,
     mem::{ManuallyDrop, MaybeUninit},
+    ops::{Deref, Range},
     ptr::NonNull,
 };
 
@@ -346,10 +354,12 @@ impl<P: DirectMapPages> Drop for Batch<P> {
 ///
 /// `first` is the first of `nr` (at least one) physically contiguous order-0 pages that
 /// `direct_map_alloc_page()` or `direct_map_alloc_block()` handed out, through a batch that was
-/// flushed since; this value holds the reference to each of them that the pool gave.
+/// flushed since; this value holds the reference to each of them that the pool gave. With
+/// `charged`, `filemap_charge_folio()` succeeded on each of them ([`PoolBatch::charge_last`]).
 pub struct PoolPages {
     first: NonNull<bindings::page>,
     nr: usize,
+    charged: bool,
 }
 
 // SAFETY: A `PoolPages` is only references to pages, which may be dropped on any thread.
@@ -410,6 +420,7 @@ impl IntoIterator for PoolPages {
             first: this.first,
             next: 0,
             nr: this.nr,
+            charged: this.charged,
         }
     }
 }
@@ -418,12 +429,13 @@ impl IntoIterator for PoolPages {
 ///
 /// # Invariants
 ///
-/// `first` is the first of `nr` pages as in [`PoolPages`]; this value holds the pool's reference
-/// to each of the pages `next..nr`.
+/// `first` is the first of `nr` pages as in [`PoolPages`], charged as `charged` says; this value
+/// holds the pool's reference to each of the pages `next..nr`.
 pub struct PoolPagesIter {
     first: NonNull<bindings::page>,
     next: usize,
     nr: usize,
+    charged: bool,
 }
 
 // SAFETY: As for `PoolPages`.
@@ -441,7 +453,10 @@ impl Iterator for PoolPagesIter {
         let page = unsafe { self.first.add(self.next) };
         self.next += 1;
         // INVARIANT: The reference to the page goes from the iterator to the `PoolPage`.
-        Some(PoolPage { page })
+        Some(PoolPage {
+            page,
+            charged: self.charged,
+        })
     }
 }
 
@@ -451,15 +466,68 @@ impl Drop for PoolPagesIter {
     }
 }
 
+/// Returns the allocation flags of `mapping`'s page cache (`mapping_gfp_mask()`).
+fn gfp_mask(mapping: &AddressSpace) -> bindings::gfp_t {
+    // SAFETY: An `AddressSpace` is valid while borrowed.
+    unsafe { bindings::mapping_gfp_mask(mapping.as_raw()) }
+}
+
+/// The page cache of a file that keeps its folios out of the direct map, which takes pages of the
+/// pool ([`PoolPage::add_to_page_cache`]), each with a `T` in its folio's `private` field.
+///
+/// Only a reference to one exists (see [`NoDirectMapCache::from_raw`]). It dereferences to the
+/// [`AddressSpace`], e.g. to charge pages for it ([`PoolBatch::charge_last`]).
+///
+/// # Invariants
+///
+/// For as long as it is borrowed, the address space is valid as an [`AddressSpace`] is; it has
+/// `AS_NO_DIRECT_MAP`; and its `->free_folio()` passes the `private` field of each of its folios,
+/// if not NULL, to `T::from_foreign()`, once, on whatever thread the folio leaves the page cache,
+/// and nothing else uses the field.
+#[repr(transparent)]
+pub struct NoDirectMapCache<T: ForeignOwnable + Send> {
+    mapping: AddressSpace,
+    _private: PhantomData<T>,
+}
+
+impl<T: ForeignOwnable + Send> NoDirectMapCache<T> {
+    /// Returns the page cache at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// For `'a`: `ptr` must be valid as for [`AddressSpace::from_raw`]; the address space must have
+    /// `AS_NO_DIRECT_MAP`, so that nothing reaches its folios through the direct map; and its
+    /// `->free_folio()` must pass the `private` field of each of its folios, if not NULL, to
+    /// `T::from_foreign()`, once, while nothing else uses that field.
+    pub unsafe fn from_raw<'a>(ptr: *mut bindings::address_space) -> &'a Self {
+        // INVARIANT: By the safety requirements.
+        // SAFETY: By the safety requirements `ptr` is valid for `'a`; `NoDirectMapCache` is
+        // `repr(transparent)` over an `AddressSpace`, itself over the address space.
+        let cache: &Self = unsafe { &*ptr.cast() };
+        debug_assert!(cache.no_direct_map());
+        cache
+    }
+}
+
+impl<T: ForeignOwnable + Send> Deref for NoDirectMapCache<T> {
+    type Target = AddressSpace;
+
+    fn deref(&self) -> &AddressSpace {
+        &self.mapping
+    }
+}
+
 /// One page from mm's direct-map pool, as [`PoolPages`] has them: out of the direct map, zeroed,
 /// its removal flushed from every TLB. Dropping it frees it, back to the pool.
 ///
 /// # Invariants
 ///
 /// `page` is an order-0 page that the pool handed out through a batch that was flushed since;
-/// this value holds the reference to it that the pool gave.
+/// this value holds the reference to it that the pool gave. With `charged`,
+/// `filemap_charge_folio()` succeeded on it.
 pub struct PoolPage {
     page: NonNull<bindings::page>,
+    charged: bool,
 }
 
 // SAFETY: As for `PoolPages`.
@@ -469,11 +537,60 @@ unsafe impl Send for PoolPage {}
 unsafe impl Sync for PoolPage {}
 
 impl PoolPage {
-    /// Returns the page's folio, e.g. to add it to a page cache, which takes its own reference.
-    /// The kernel must not read or write it through the direct map.
-    pub fn folio(&self) -> *mut bindings::folio {
+    /// Adds the page to the page cache `cache` at `index`, up to date, with `private` in the
+    /// folio's `private` field, and drops this reference to it: the page cache holds its own.
+    /// `cache`'s `->free_folio()` takes `private` back when the folio leaves the page cache.
+    ///
+    /// Fails with [`EINVAL`] if the page was not charged to a memory cgroup
+    /// ([`PoolBatch::charge_last`]), [`EEXIST`] if `index` has a folio already, or an error of the
+    /// page cache (e.g. [`ENOMEM`]); then the page goes back to the pool and `private` is
+    /// dropped.
+    ///
+    /// Might sleep, depending on the allocation flags of the page cache.
+    ///
+    /// [`EEXIST`]: crate::error::code::EEXIST
+    pub fn add_to_page_cache<T: ForeignOwnable + Send>(
+        self,
+        cache: &NoDirectMapCache<T>,
+        index: usize,
+        private: T,
+    ) -> Result {
+        if !self.charged {
+            return Err(EINVAL);
+        }
+        let private = private.into_foreign();
+        let ret = self.add(cache, index, private);
+        if ret.is_err() {
+            // SAFETY: `private` came from `into_foreign()` above, and the folio did not keep it.
+            drop(unsafe { T::from_foreign(private) });
+        }
+        ret
+    }
+
+    /// Adds the page to `mapping` (which a [`NoDirectMapCache`] of the caller's is) with `private`.
+    /// Not generic, so that its calls to C stay in the kernel crate.
+    fn add(self, mapping: &AddressSpace, index: usize, private: *mut c_void) -> Result {
         // SAFETY: By the type invariant `self.page` is a page this value holds a reference to.
-        unsafe { bindings::page_folio(self.page.as_ptr()) }
+        let folio = unsafe { bindings::page_folio(self.page.as_ptr()) };
+
+        // SAFETY: The folio is an order-0 page of the pool, zeroed, out of the direct map and out
+        // of every TLB, charged, and in no page cache (this value owns it): it may be marked up to
+        // date and given `private` before it becomes reachable. The address space is valid while
+        // borrowed, and keeps its folios out of the direct map (the caller's `NoDirectMapCache`).
+        let err = unsafe {
+            bindings::__folio_mark_uptodate(folio);
+            // Set before the folio can be truncated, so that `->free_folio()` sees it.
+            bindings::folio_change_private(folio, private);
+            bindings::filemap_add_charged_folio(mapping.as_raw(), folio, index, gfp_mask(mapping))
+        };
+        if err != 0 {
+            // SAFETY: The folio is not in the page cache: nobody else reached it.
+            unsafe { bindings::folio_change_private(folio, core::ptr::null_mut()) };
+            return Err(Error::from_errno(err));
+        }
+        // SAFETY: `filemap_add_charged_folio()` returned the folio locked, in the page cache.
+        unsafe { bindings::folio_unlock(folio) };
+        Ok(())
     }
 }
 
@@ -490,21 +607,24 @@ impl Drop for PoolPage {
 /// # Invariants
 ///
 /// As for [`PoolPages`] (the pages are an allocation of the batch, or part of one), but the batch
-/// they came through may not be flushed yet; nobody reached them but a charge through
-/// [`PoolBatch::take_last_to_charge`], which set `taken_to_charge`.
+/// they came through may not be flushed yet; nobody reached them but a charge by
+/// [`PoolBatch::charge_last`], which sets `charged` on the allocation, or the piece of it that it
+/// keeps, once `filemap_charge_folio()` succeeded on every page of it.
 struct Pending {
     first: NonNull<bindings::page>,
     nr: usize,
-    taken_to_charge: bool,
+    charged: bool,
 }
 
 impl Pending {
     /// The pages, once their batch was flushed.
     fn flushed(self) -> PoolPages {
-        // INVARIANT: The caller flushed the batch.
+        // INVARIANT: The caller flushed the batch; `charge_last()` sets `charged` only on pages it
+        // charged.
         PoolPages {
             first: self.first,
             nr: self.nr,
+            charged: self.charged,
         }
     }
 }
@@ -583,7 +703,7 @@ impl PoolBatch {
         let mut first: *mut bindings::page = core::ptr::null_mut();
 
         // Room for it, and for two pieces of each allocation in `unused`, so that
-        // `unuse_last()` and `trim_last()` need none.
+        // `trim_last()` needs none.
         self.pages.reserve(1, flags)?;
         self.unused.reserve(2 * (self.pages.len() + 1), flags)?;
         // SAFETY: `self.raw` is initialised by the type invariant, and `first` is writable.
@@ -603,7 +723,7 @@ impl PoolBatch {
         if let Err(e) = self.pages.push_within_capacity(Pending {
             first,
             nr,
-            taken_to_charge: false,
+            charged: false,
         }) {
             // Cannot happen: there is room for one more. Given back after the flush.
             let _ = self.unused.push_within_capacity(e.0);
@@ -634,48 +754,83 @@ impl PoolBatch {
         self.alloc(flags, nid, true)
     }
 
-    /// Returns the first page and the number of pages of the last allocation, only the first
-    /// time it is called for that allocation, for the caller to charge each of them at most once
-    /// to a memory cgroup (with `filemap_charge_folio()`) before the batch is flushed. Nothing
-    /// else may reach them. Pages given back unused are uncharged.
-    pub fn take_last_to_charge(&mut self) -> Option<(*mut bindings::page, usize)> {
-        let last = self.pages.last_mut()?;
-        if last.taken_to_charge {
-            return None;
+    /// Charges the last allocation to the memory cgroup that `mapping`'s page cache charges (with
+    /// `filemap_charge_folio()`), before it is added there: the pages `want` (indices into the
+    /// allocation) as the page cache charges its folios, then the others without trying hard and
+    /// without the OOM killer. Returns whether all of them were charged; if only `want` could be,
+    /// the batch keeps only those, and gives the others back once it is flushed.
+    ///
+    /// Fails with [`ENOMEM`] if the cgroup refused a page of `want`; then the batch gives the
+    /// whole allocation back once it is flushed. Fails with [`EINVAL`] if the last allocation was
+    /// charged already or `want` is empty or out of its bounds; then the batch keeps it as it was.
+    /// Pages given back are uncharged.
+    ///
+    /// Might sleep (memory cgroup reclaim).
+    pub fn charge_last(&mut self, mapping: &AddressSpace, want: Range<usize>) -> Result<bool> {
+        let last = self.pages.last_mut().ok_or(EINVAL)?;
+        if last.charged || want.start >= want.end || want.end > last.nr {
+            return Err(EINVAL);
         }
-        last.taken_to_charge = true;
-        Some((last.first.as_ptr(), last.nr))
+        let (first, nr) = (last.first, last.nr);
+        let charge = |mut range: Range<usize>, gfp: bindings::gfp_t| {
+            range.all(|i| {
+                // SAFETY: `i < nr`, and the `struct page`s of the `nr` physically contiguous pages
+                // of one pageblock are contiguous: the page is one of the allocation's, handed out
+                // through the batch, reached by nobody and not charged yet (the allocation is
+                // charged once, here). The address space is valid while borrowed.
+                unsafe {
+                    let folio = bindings::page_folio(first.as_ptr().add(i));
+                    bindings::filemap_charge_folio(mapping.as_raw(), folio, gfp) == 0
+                }
+            })
+        };
+        let gfp = gfp_mask(mapping);
+
+        if !charge(want.clone(), gfp) {
+            // Some may be charged: given back, never handed out.
+            self.give_up_last();
+            return Err(ENOMEM);
+        }
+        let light = gfp | bindings::__GFP_NORETRY | bindings::__GFP_NOWARN;
+        let all = charge(0..want.start, light) && charge(want.end..nr, light);
+        if !all {
+            self.trim_last(want.start, want.end);
+        }
+        // INVARIANT: Every page that the batch keeps of the allocation is charged.
+        if let Some(last) = self.pages.last_mut() {
+            last.charged = true;
+        }
+        Ok(all)
     }
 
-    /// Gives the last allocation back, unused: to the pool once the batch is flushed.
-    ///
-    /// Call it, or [`PoolBatch::trim_last`], at most once for an allocation: the batch keeps room
-    /// for two pieces of each.
-    pub fn unuse_last(&mut self) {
+    /// Gives the last allocation back, unused, once the batch is flushed.
+    fn give_up_last(&mut self) {
         if let Some(p) = self.pages.pop() {
-            // Cannot fail: `alloc()` made room for every allocation in `unused`.
+            // Cannot fail: `alloc()` made room for two pieces of every allocation in `unused`.
             let _ = self.unused.push_within_capacity(p);
         }
     }
 
     /// Keeps only the pages `start..end` of the last allocation, and gives the others back,
-    /// unused, once the batch is flushed. Does nothing unless `start < end <= ` its number of
-    /// pages. At most once for an allocation, as [`PoolBatch::unuse_last`].
-    pub fn trim_last(&mut self, start: usize, end: usize) {
+    /// unused, once the batch is flushed. The caller checked that `start < end` and that `end` is
+    /// at most its number of pages; at most once for an allocation. The pieces given back may hold
+    /// charges (`charged` is unset: not known to be charged whole), which
+    /// `direct_map_free_unused()` drops.
+    fn trim_last(&mut self, start: usize, end: usize) {
         let Some(last) = self.pages.last_mut() else {
             return;
         };
         if start >= end || end > last.nr {
             return;
         }
-        let (first, nr, taken_to_charge) = (last.first, last.nr, last.taken_to_charge);
+        let (first, nr) = (last.first, last.nr);
         // INVARIANT: A piece is part of an allocation of the batch.
         let piece = |i: usize, n: usize| Pending {
             // SAFETY: `i < nr`, and the `struct page`s of the `nr` physically contiguous pages of
             // one pageblock are contiguous, so the result is in bounds of them.
             first: unsafe { first.add(i) },
             nr: n,
-            taken_to_charge,
+            charged: false,
         };
 
         *last = piece(start, end - start);
@@ -700,7 +855,7 @@ impl PoolBatch {
     }
 
     /// Flushes the TLBs of all CPUs, once, if the pool removed or zeroed anything through the
-    /// batch, gives back what [`PoolBatch::unuse_last`] let go, and returns the pages, in the
+    /// batch, gives back what [`PoolBatch::charge_last`] let go, and returns the pages, in the
     /// order they were allocated.
     ///
     /// Fails with [`ENOMEM`] if there is no room for the list it returns (`flags`); then every

@@ -1319,14 +1319,12 @@ TEST_F(block_cache, memcg_charges_the_vm)
 
 /*
  * Add @len bytes at @offset to @gmem from a child process in CG_TEST, so that
- * they are charged there.  The child faults in, before it enters the cgroup,
- * all it writes there: the cgroup is charged only for the guest_memfd.
- * Return 0 if they were added; else the child's errno (ENOMEM), or minus the
- * signal that killed it (the cgroup's OOM killer).
- */
-/*
- * fallocate() in a child in the test cgroup, its memory bound to @node if
- * it is not -1 (the child's only allocations after that are the request's).
+ * they are charged there, the child's memory bound to @node if it is not -1
+ * (its only allocations after that are the request's).  The child faults
+ * in, before it enters the cgroup, all it writes there: the cgroup is charged
+ * only for the guest_memfd.  Return 0 if they were added; else the child's
+ * errno (ENOMEM), or minus the signal that killed it (the cgroup's OOM
+ * killer).
  */
 static int fallocate_in_cgroup_node(int gmem, u64 offset, u64 len, int node)
 {
@@ -1386,20 +1384,23 @@ static void refused_for_free(struct __test_metadata *_metadata,
 	EXPECT_EQ(vm_get_stat(vm, direct_map_pages), pages);
 }
 
+static int cgroup_gmem_pfns(u64 *pfns, int max);
+
 /*
  * A memory cgroup at its limit refuses memory before it costs the direct map
  * much: each allocation from the pool is charged right after it, so that a
  * refused request costs no removal and no TLB flush (IPIs to every CPU) when
  * the pool has a free block, and at most one block removed, which the pool
- * keeps, when it has none, however large the request.  The requests come
- * from children in a cgroup with room for 300 pages; its OOM killer may kill
- * them, as it would kill a VMM.
+ * keeps, when it has none, however large the request.  A request for part
+ * of a block gets the pages it asked for when the cgroup has room for them
+ * but not for the block.  The requests come from children in a cgroup with
+ * room for 300 pages; its OOM killer may kill them, as it would kill a VMM.
  */
 TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
 {
-	u64 removed, restored0, restored, flushes;
+	u64 removed, restored0, restored, flushes, pfns[8];
 	struct kvm_vcpu *vcpu;
-	long max_events;
+	long max_events, events;
 	struct kvm_vm *vm;
 	int gmem, i, r;
 
@@ -1435,6 +1436,32 @@ TEST_F_TIMEOUT(block_cache, memcg_limit_refuses_before_removal, 120)
 	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), BLOCK_PAGES);
 	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
 			    0, SZ_2M), 0);
+
+	/*
+	 * Four pages of the empty 2 MiB range: the request takes the pool's
+	 * free block for the range, and the cgroup has room for the pages it
+	 * asked for but not for the rest of the block.  The request keeps the
+	 * four (no error, no flush) and gives the rest back to the pool.
+	 */
+	write_int(CG_TEST "/memory.max", 300 * PAGE_SIZE);
+	flushes = vm_get_stat(vm, direct_map_flushes);
+	events = cgroup_key(CG_TEST "/memory.events", "max");
+	ASSERT_EQ(fallocate_in_cgroup(gmem, 0, 4 * PAGE_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 4);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_flushes), flushes);
+	ASSERT_LE(memory_current(), MEMCG_CHARGE_SLACK);
+	/* The block's charge reached the limit: four pages alone would not. */
+	ASSERT_GT(cgroup_key(CG_TEST "/memory.events", "max"), events);
+	/* The first four pages of the block stayed charged, and only they. */
+	if (!access("/proc/kpagecgroup", R_OK)) {
+		ASSERT_EQ(cgroup_gmem_pfns(pfns, 8), 4);
+		ASSERT_EQ(pfns[0] % BLOCK_PAGES, 0);
+		ASSERT_EQ(pfns[3], pfns[0] + 3);
+	}
+	ASSERT_EQ(fallocate(gmem, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+			    0, 4 * PAGE_SIZE), 0);
+	ASSERT_EQ(vm_get_stat(vm, direct_map_pages), 0);
+	write_file(CG_TEST "/memory.max", "max");
 
 	/*
 	 * With the pool empty, a request for the whole file (two blocks): the
