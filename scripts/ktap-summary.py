@@ -45,7 +45,7 @@ SPLATS = re.compile(
     r'page dumped because(?!: unmovable page)|'
     r'KASAN|UBSAN|KFENCE|INFO: task .* blocked|rcu.*detected stall|'
     r'self-detected stall|Unable to handle kernel|Bad page state|'
-    r'page still off the direct map)')
+    r'page still off the direct map|allocation from offline node)')
 
 
 class Test:

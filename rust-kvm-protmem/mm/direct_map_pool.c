@@ -40,6 +40,7 @@
  * page stays out of the direct map and out of use.
  */
 
+#include <linux/cpuset.h>
 #include <linux/direct_map.h>
 #include <linux/highmem.h>
 #include <linux/jump_label.h>
@@ -861,6 +862,22 @@ static long dm_block_take_page(struct dm_block *b, bool *dirty, bool *kick)
 	return i;
 }
 
+/*
+ * Whether the pool may hand out memory of node @n to the current task, when
+ * it looks at @nid, or at any node if @any: only where the task's cpuset
+ * allows, as the page allocator does for its callers' GFP_USER allocations.
+ * Read without read_mems_allowed_begin(): a rebind widens the mask before
+ * it narrows it, so a stale answer either makes the pool take a new block,
+ * which the page allocator places, or hands out a page of a node that the
+ * cpuset is just leaving, as the page allocator may during a rebind.
+ */
+static bool dm_pool_may_use(int n, int nid, bool any)
+{
+	if (!any && n != nid)
+		return false;
+	return !cpusets_enabled() || node_isset(n, cpuset_current_mems_allowed);
+}
+
 /* A page from the blocks of @nid, or of any node if @any. */
 static struct dm_block *dm_pool_take_page(int nid, bool any, long *i,
 					  bool *dirty)
@@ -871,7 +888,7 @@ static struct dm_block *dm_pool_take_page(int nid, bool any, long *i,
 
 	spin_lock_irq(&dm_pool.lock);
 	for_each_node(n) {
-		if (!any && n != nid)
+		if (!dm_pool_may_use(n, nid, any))
 			continue;
 		for (;;) {
 			b = list_first_entry_or_null(&dm_pool.partial[n],
@@ -957,7 +974,8 @@ void direct_map_pool_publish(struct direct_map_batch *batch)
  * Hand out a free page of a pageblock that the pool has removed from the
  * direct map, or remove a new pageblock and hand out its first page.  The
  * pool looks at the blocks of @nid, then makes a new block there, then
- * looks at the other nodes' blocks, then makes a new block anywhere.  The
+ * looks at the other nodes' blocks, then makes a new block anywhere; it
+ * skips the blocks of nodes that the task's cpuset does not allow.  The
  * page is zeroed, has a reference count of one, and is the caller's like a
  * page from alloc_page(): when it is freed, through any path, it goes back
  * to the pool, still out of the direct map.  It must be freed, never
@@ -1046,7 +1064,7 @@ static struct dm_block *dm_pool_take_block(int nid, bool any)
 
 	spin_lock_irq(&dm_pool.lock);
 	for_each_node(n) {
-		if (!any && n != nid)
+		if (!dm_pool_may_use(n, nid, any))
 			continue;
 		b = dm_pool_claim_usable(n, &kick);
 		if (b) {

@@ -24,7 +24,7 @@
 
 use core::{ops::Range, ptr::NonNull};
 use kernel::{
-    alloc::KVVec,
+    alloc::{Flags, KVVec},
     bindings,
     mm::{
         direct_map::{NoDirectMapCache, PoolBatch, PoolPage},
@@ -253,6 +253,12 @@ struct Want {
     hi: usize,
 }
 
+/// The allocation flags of a request's lists: charged to the caller's memory cgroup, and without
+/// the allocator's warning when a very large request cannot have them (it fails with `ENOMEM`).
+fn list_flags() -> Flags {
+    GFP_KERNEL_ACCOUNT | __GFP_NOWARN
+}
+
 /// Lists what `range` of the file needs; see [`kvm_protmem_populate`].
 fn wants(
     gmem: &Gmem<'_>,
@@ -290,7 +296,7 @@ fn wants(
                 lo: index,
                 hi: range.end.min(first + nr),
             },
-            GFP_KERNEL_ACCOUNT,
+            list_flags(),
         )?;
         index = first + nr;
     }
@@ -319,6 +325,10 @@ fn allocate(
 
     for w in wants {
         stop_if_killed()?;
+        // Room first, here and before single pages: no list grows once pages of a want are
+        // taken, and a failure of `alloc_page()` is the pool's.
+        batch.reserve(1)?;
+        firsts.reserve(1, list_flags())?;
         let nid = gmem.policy.preferred_node(w.first);
         // A block without trying hard: single pages may come from blocks the pool has.
         if w.block && batch.alloc_block(gfp | __GFP_NORETRY, nid).is_ok() {
@@ -328,9 +338,11 @@ fn allocate(
             } else {
                 w.lo
             };
-            firsts.push(first, GFP_KERNEL_ACCOUNT)?;
+            firsts.push(first, list_flags())?;
             continue;
         }
+        batch.reserve(w.hi - w.lo)?;
+        firsts.reserve(w.hi - w.lo, list_flags())?;
         for i in w.lo..w.hi {
             stop_if_killed()?;
             // The pool has no page to give: not the memory cgroup's refusal.
@@ -338,7 +350,7 @@ fn allocate(
                 .alloc_page(gfp, nid)
                 .map_err(|e| if e == ENOMEM { ENOSPC } else { e })?;
             batch.charge_last(gmem.cache, 0..1)?;
-            firsts.push(i, GFP_KERNEL_ACCOUNT)?;
+            firsts.push(i, list_flags())?;
         }
     }
     Ok(())
@@ -351,27 +363,24 @@ fn populate(gmem: &Gmem<'_>, range: Range<usize>, blocks: bool, interruptible: b
     if wants.is_empty() {
         return Ok(());
     }
-    let mut batch = PoolBatch::with_capacity(wants.len(), GFP_KERNEL_ACCOUNT)?;
-    let mut firsts = KVVec::with_capacity(wants.len(), GFP_KERNEL_ACCOUNT)?;
+    let mut batch = PoolBatch::with_capacity(wants.len(), list_flags())?;
+    let mut firsts = KVVec::with_capacity(wants.len(), list_flags())?;
     let allocated = allocate(gmem, &wants, &mut batch, &mut firsts);
 
     // One TLB flush for every pageblock removed above, before any page can be reached. It is
     // counted even if nothing gets in. On error every page goes back to the pool unused
     // (uncharged), after the flush.
     let flushes = batch.nr_removed() > 0;
-    let flushed = match allocated {
-        Ok(()) => batch.flush(GFP_KERNEL_ACCOUNT),
-        Err(e) => {
-            drop(batch);
-            Err(e)
-        }
-    };
-    let flushed = flushed.inspect_err(|_| gmem.pm.added(0, flushes))?;
+    if let Err(e) = allocated {
+        drop(batch);
+        gmem.pm.added(0, flushes);
+        return Err(e);
+    }
 
     let mut ret = Ok(());
     let mut added = 0;
     // Pages that are not added go back to the pool when dropped, which zeroes them again.
-    'insert: for (pages, first) in flushed.into_iter().zip(firsts) {
+    'insert: for (pages, first) in batch.flush().zip(firsts) {
         for (i, page) in pages.into_iter().enumerate() {
             match gmem.insert(page, first + i) {
                 Ok(()) => added += 1,

@@ -22,7 +22,7 @@
 //! [`EOPNOTSUPP`]: crate::error::code::EOPNOTSUPP
 
 use crate::{
-    alloc::{Flags, KVVec},
+    alloc::{allocator::KVmalloc, Flags, IntoIter, KVVec},
     bindings,
     error::{
         code::{EINVAL, ENOMEM},
@@ -344,11 +344,11 @@ impl<P: DirectMapPages> Drop for Batch<P> {
 /// Pages from mm's direct-map pool: physically contiguous order-0 pages out of the direct map,
 /// zeroed, whose removal is flushed from every TLB.
 ///
-/// Handed out by [`PoolBatch::flush`]. Dropping them frees them through the page allocator, which
-/// gives them back to the pool, still out of the direct map; the pool zeroes them before anyone
-/// gets them again. [`PoolPages::free_unused`] gives back pages that were never used without that
-/// zeroing. The pages are not reachable through a `PoolPages`: the kernel must not touch them
-/// through the direct map.
+/// Handed out by [`PoolBatch::flush`] ([`FlushedPages`]). Dropping them frees them through the
+/// page allocator, which gives them back to the pool, still out of the direct map; the pool zeroes
+/// them before anyone gets them again. [`PoolPages::free_unused`] gives back pages that were never
+/// used without that zeroing. The pages are not reachable through a `PoolPages`: the kernel must
+/// not touch them through the direct map.
 ///
 /// # Invariants
 ///
@@ -618,9 +618,13 @@ struct Pending {
 
 impl Pending {
     /// The pages, once their batch was flushed.
-    fn flushed(self) -> PoolPages {
-        // INVARIANT: The caller flushed the batch; `charge_last()` sets `charged` only on pages it
-        // charged.
+    ///
+    /// # Safety
+    ///
+    /// The batch that handed the pages out was flushed since.
+    unsafe fn flushed(self) -> PoolPages {
+        // INVARIANT: By the safety requirements the batch was flushed; `charge_last()` sets
+        // `charged` only on pages it charged.
         PoolPages {
             first: self.first,
             nr: self.nr,
@@ -642,7 +646,11 @@ impl Pending {
 /// - `raw` was initialised by `direct_map_batch_init()` and is only changed by the
 ///   `direct_map_*()` functions;
 /// - the pages of `pages` and `unused` were handed out through `raw`, and nothing else reached
-///   them but a memory cgroup charge.
+///   them but a memory cgroup charge;
+/// - with `last_open`, the last allocation of `pages` is the one that the last call of `alloc()`
+///   made, [`PoolBatch::charge_last`] did not take it yet, and `unused` has room for the two
+///   pieces of it that `charge_last()` may put there; without, nothing puts pieces there before
+///   the next allocation.
 ///
 /// # Examples
 ///
@@ -657,7 +665,7 @@ impl Pending {
 /// }
 /// batch.alloc_page(GFP_KERNEL, None)?;
 /// // One TLB flush at most, for a pageblock the pool removed.
-/// let pages = batch.flush(GFP_KERNEL)?;
+/// let pages = batch.flush();
 /// assert_eq!(pages.len(), 2);
 ///
 /// // Back to the pool, out of the direct map.
@@ -668,11 +676,13 @@ pub struct PoolBatch {
     raw: bindings::direct_map_batch,
     pages: KVVec<Pending>,
     unused: KVVec<Pending>,
+    flags: Flags,
+    last_open: bool,
 }
 
 impl PoolBatch {
-    /// Creates an empty batch with room for `n` allocations, so that making them does not
-    /// allocate room.
+    /// Creates an empty batch with room in its list for `n` allocations. `flags` are for the
+    /// batch's lists, now and whenever they grow.
     pub fn with_capacity(n: usize, flags: Flags) -> Result<Self> {
         let mut raw = MaybeUninit::<bindings::direct_map_batch>::uninit();
 
@@ -686,6 +696,8 @@ impl PoolBatch {
             raw: unsafe { raw.assume_init() },
             pages,
             unused: KVVec::new(),
+            flags,
+            last_open: false,
         })
     }
 
@@ -698,14 +710,24 @@ impl PoolBatch {
         unsafe { bindings::direct_map_pool_block_pages() }
     }
 
+    /// Makes room for `n` more allocations, so that making them allocates nothing for the batch's
+    /// lists (whose flags [`PoolBatch::with_capacity`] took) as long as [`PoolBatch::charge_last`]
+    /// keeps them whole. Fails with [`ENOMEM`] if there is no room; then only the batch's room
+    /// may have grown.
+    pub fn reserve(&mut self, n: usize) -> Result {
+        self.pages.reserve(n, self.flags)?;
+        // Room for the two pieces that `charge_last()` may make of the next allocation.
+        self.unused.reserve(2, self.flags)?;
+        Ok(())
+    }
+
     fn alloc(&mut self, flags: Flags, nid: Option<i32>, block: bool) -> Result {
         let nid = nid.unwrap_or(bindings::NUMA_NO_NODE);
         let mut first: *mut bindings::page = core::ptr::null_mut();
 
-        // Room for it, and for two pieces of each allocation in `unused`, so that
-        // `trim_last()` needs none.
-        self.pages.reserve(1, flags)?;
-        self.unused.reserve(2 * (self.pages.len() + 1), flags)?;
+        // INVARIANT: Until this call succeeds, the last call of `alloc()` made no allocation.
+        self.last_open = false;
+        self.reserve(1)?;
         // SAFETY: `self.raw` is initialised by the type invariant, and `first` is writable.
         to_result(unsafe {
             if block {
@@ -729,15 +751,18 @@ impl PoolBatch {
             let _ = self.unused.push_within_capacity(e.0);
             return Err(ENOMEM);
         }
+        // INVARIANT: It is the last allocation, and `reserve()` made room for its two pieces.
+        self.last_open = true;
         Ok(())
     }
 
     /// Takes a page from the pool, on node `nid` if it has one (`None`: the node the task's memory
     /// policy picks), and keeps it until the batch is flushed.
     ///
-    /// `flags` are for the room to keep it, the pool's bookkeeping, and a new pageblock if the
-    /// pool has no free page. Fails with [`ENOMEM`] when no page can be had, or [`EOPNOTSUPP`]
-    /// (see [`PoolBatch::block_pages`]); then nothing changed.
+    /// `flags` are for the pool's bookkeeping, and a new pageblock if the pool has no free page.
+    /// Fails with [`ENOMEM`] when no page can be had, or no room to keep it (see
+    /// [`PoolBatch::reserve`]), or [`EOPNOTSUPP`] (see [`PoolBatch::block_pages`]); then the batch
+    /// kept what it had, but [`PoolBatch::charge_last`] takes none of it.
     ///
     /// Might sleep.
     ///
@@ -761,16 +786,20 @@ impl PoolBatch {
     /// the batch keeps only those, and gives the others back once it is flushed.
     ///
     /// Fails with [`ENOMEM`] if the cgroup refused a page of `want`; then the batch gives the
-    /// whole allocation back once it is flushed. Fails with [`EINVAL`] if the last allocation was
-    /// charged already or `want` is empty or out of its bounds; then the batch keeps it as it was.
-    /// Pages given back are uncharged.
+    /// whole allocation back once it is flushed. Fails with [`EINVAL`] if the last call of
+    /// [`PoolBatch::alloc_page`] or [`PoolBatch::alloc_block`] failed, or `charge_last()` took
+    /// the allocation it made already, or `want` is empty or out of its bounds; then the batch
+    /// keeps it as it was. Pages given back are uncharged.
     ///
     /// Might sleep (memory cgroup reclaim).
     pub fn charge_last(&mut self, mapping: &AddressSpace, want: Range<usize>) -> Result<bool> {
         let last = self.pages.last_mut().ok_or(EINVAL)?;
-        if last.charged || want.start >= want.end || want.end > last.nr {
+        if !self.last_open || want.start >= want.end || want.end > last.nr {
             return Err(EINVAL);
         }
+        // INVARIANT: This call takes the allocation: only it puts pieces in `unused`, in the room
+        // that the invariant gave.
+        self.last_open = false;
         let (first, nr) = (last.first, last.nr);
         let charge = |mut range: Range<usize>, gfp: bindings::gfp_t| {
             range.all(|i| {
@@ -806,7 +835,8 @@ impl PoolBatch {
     /// Gives the last allocation back, unused, once the batch is flushed.
     fn give_up_last(&mut self) {
         if let Some(p) = self.pages.pop() {
-            // Cannot fail: `alloc()` made room for two pieces of every allocation in `unused`.
+            // Cannot fail: by the type invariant there is room for two pieces of the allocation
+            // that `charge_last()` took.
             let _ = self.unused.push_within_capacity(p);
         }
     }
@@ -834,7 +864,8 @@ impl PoolBatch {
         };
 
         *last = piece(start, end - start);
-        // Cannot fail: `alloc()` made room for two pieces of every allocation.
+        // Cannot fail: by the type invariant there is room for two pieces of the allocation that
+        // `charge_last()` took.
         if start > 0 {
             let _ = self.unused.push_within_capacity(piece(0, start));
         }
@@ -858,18 +889,16 @@ impl PoolBatch {
     /// batch, gives back what [`PoolBatch::charge_last`] let go, and returns the pages, in the
     /// order they were allocated.
     ///
-    /// Fails with [`ENOMEM`] if there is no room for the list it returns (`flags`); then every
-    /// page is given back.
-    pub fn flush(mut self, flags: Flags) -> Result<KVVec<PoolPages>> {
+    /// Cannot fail, and allocates nothing: it comes once the pages are taken, when memory may be
+    /// shortest.
+    pub fn flush(mut self) -> FlushedPages {
         self.flush_tlb();
         self.give_back_unused();
-        // On error the pages are given back when `self` is dropped.
-        let mut pages = KVVec::with_capacity(self.pages.len(), flags)?;
-        for p in core::mem::take(&mut self.pages) {
-            // Cannot fail: there is room for every allocation.
-            let _ = pages.push_within_capacity(p.flushed());
+        // `self` is dropped on return, with nothing left to flush or give back.
+        // INVARIANT: The batch the allocations came through is flushed.
+        FlushedPages {
+            pages: core::mem::take(&mut self.pages).into_iter(),
         }
-        Ok(pages)
     }
 
     fn flush_tlb(&mut self) {
@@ -884,6 +913,39 @@ impl PoolBatch {
             // flushed.
             unsafe { p.flushed().free_unused() };
         }
+    }
+}
+
+/// The pages that [`PoolBatch::flush`] returns, an allocation at a time, in the order they were
+/// allocated. Dropping it frees the allocations it did not yield, as dropping them would.
+///
+/// # Invariants
+///
+/// The allocations of `pages` came through a batch that was flushed since, as [`PoolPages`]
+/// requires.
+#[must_use = "dropping it frees the pages"]
+pub struct FlushedPages {
+    pages: IntoIter<Pending, KVmalloc>,
+}
+
+impl Iterator for FlushedPages {
+    type Item = PoolPages;
+
+    fn next(&mut self) -> Option<PoolPages> {
+        // SAFETY: By the type invariant the batch that handed the pages out was flushed.
+        self.pages.next().map(|p| unsafe { p.flushed() })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.pages.size_hint()
+    }
+}
+
+impl ExactSizeIterator for FlushedPages {}
+
+impl Drop for FlushedPages {
+    fn drop(&mut self) {
+        for _ in self.by_ref() {}
     }
 }
 

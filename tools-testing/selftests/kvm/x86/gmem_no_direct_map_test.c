@@ -1319,12 +1319,15 @@ TEST_F(block_cache, memcg_charges_the_vm)
 
 /*
  * Add @len bytes at @offset to @gmem from a child process in CG_TEST, so that
- * they are charged there, the child's memory bound to @node if it is not -1
- * (its only allocations after that are the request's).  The child faults
- * in, before it enters the cgroup, all it writes there: the cgroup is charged
- * only for the guest_memfd.  Return 0 if they were added; else the child's
- * errno (ENOMEM), or minus the signal that killed it (the cgroup's OOM
- * killer).
+ * they are charged there, the child's memory policy preferring @node if it is
+ * not -1 (its only allocations after that are the request's).  The pool takes
+ * its pages there first as it would under MPOL_BIND, which it does not
+ * enforce; but the request's own kernel allocations follow the policy, and
+ * under MPOL_BIND would meet the OOM killer once the node is full (as in
+ * pool_fill_node()).  The child faults in, before it enters the cgroup, all
+ * it writes there: the cgroup is charged only for the guest_memfd.  Return 0
+ * if they were added; else the child's errno (ENOMEM), or minus the signal
+ * that killed it (the cgroup's OOM killer).
  */
 static int fallocate_in_cgroup_node(int gmem, u64 offset, u64 len, int node)
 {
@@ -1349,7 +1352,8 @@ static int fallocate_in_cgroup_node(int gmem, u64 offset, u64 len, int node)
 		if (node >= 0) {
 			unsigned long mask = 1UL << node;
 
-			if (set_mempolicy(MPOL_BIND, &mask, sizeof(mask) * 8))
+			if (set_mempolicy(MPOL_PREFERRED, &mask,
+					  sizeof(mask) * 8))
 				_exit(254);
 		}
 		r = fallocate(gmem, FALLOC_FL_KEEP_SIZE, offset, len);
@@ -2038,7 +2042,7 @@ TEST_F_TIMEOUT(block_cache, hotplugged_memory, 300)
 
 	/*
 	 * Eject a device whose memory goes offline (kernel allocations made
-	 * while the memory was bound there may pin some; the kernel reports
+	 * while the node was preferred may pin some; the kernel reports
 	 * each failure with a dump of the page): its memory block is removed,
 	 * and its mapping with it.  The memory is full of free blocks of the
 	 * pool: they do not keep it online, the pool gives them back when the
